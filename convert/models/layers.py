@@ -1,0 +1,38 @@
+"""Small building blocks shared by the architectures."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class GaussianBlur(nn.Module):
+    """Fixed separable Gaussian as two depthwise convolutions: exports to ONNX as plain Conv."""
+
+    def __init__(self, sigma: float, channels: int = 1):
+        super().__init__()
+        radius = max(1, int(math.ceil(4 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = (k / k.sum()).repeat(channels, 1, 1, 1)
+        self.register_buffer("kx", k.view(channels, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(channels, 1, -1, 1), persistent=False)
+        self.radius, self.channels = radius, channels
+
+    def forward(self, x):
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), self.kx, groups=self.channels)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.ky, groups=self.channels)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cos over channels, N x 1 x H x W."""
+    return 1 - F.cosine_similarity(a, b, dim=1, eps=1e-6).unsqueeze(1)
