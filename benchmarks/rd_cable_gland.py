@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     )
     body = f"""## Reverse-distillation student on cable_gland (`rd_cable_gland`)
 
-Trained on `train/good` ({run['data']['n_train']} captures x {cfg.rotations * (2 if cfg.flip else 1)} poses),
+Trained on `train/good` ({run['data']['n_train']} captures x {cfg.rotations * (2 if cfg.flip else 1)} poses
+by pose augmentation),
 fusion statistics from `validation/good`, evaluated on the `test` split
 ({results[0]['n_images']} images, {results[0]['n_anomalous']} anomalous). Metrics at the masks' own
 400 x 400 resolution; AUPRO up to 30 % FPR.

@@ -165,7 +165,7 @@ _MS_FIX = ("disable onnxruntime-specific fusions on export/quantisation: quantis
            "quant_pre_process(..., skip_optimization=True) if you pre-process at all.")
 
 # ONNX TensorProto data types we name.
-_FLOAT, _UINT8, _INT8, _INT32, _INT64, _DOUBLE = 1, 2, 3, 6, 7, 11
+_FLOAT, _UINT8, _INT8, _INT32, _INT64 = 1, 2, 3, 6, 7
 _DTYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
                 7: "int64", 9: "bool", 10: "float16", 11: "float64", 16: "bfloat16",
                 17: "float8e4m3fn", 21: "uint4", 22: "int4"}

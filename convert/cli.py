@@ -1,18 +1,20 @@
-"""`rgbd-convert`: train, evaluate (later: export, build, bundle) on the workstation."""
+"""`rgbd-convert`: train, evaluate, export, lint, bundle (workstation) and build (Jetson)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .models import list_models
+from .train import TrainConfig
 
 
 def _cmd_train(a) -> int:
-    from .train import TrainConfig, train
+    from .train import train
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
-                      batch_size=a.batch_size, lr=a.lr, threads=a.threads)
+                      batch_size=a.batch_size, lr=a.lr, threads=a.threads, rotations=a.rotations, flip=not a.no_flip)
     out = train(a.data, a.out, cfg, progress=not a.quiet)
     print(f"run written to {out}")
     return 0
@@ -33,6 +35,30 @@ def _cmd_eval(a) -> int:
     return 0
 
 
+def _cmd_export(a) -> int:
+    from .export import export_run
+
+    out = a.out or str(Path(a.run) / "export")
+    manifest = export_run(a.run, out, dynamic_batch=a.dynamic_batch, check_data=a.check_data, progress=not a.quiet)
+    for mode, e in manifest["modes"].items():
+        par = e.get("parity")
+        extra = "" if par is None else f"  parity vs torch: map {par['max_abs_map']:.1e}, score {par['max_abs_score']:.1e} (n={par['n']})"
+        print(f"{mode:>5}: {Path(out) / e['onnx']}{extra}")
+    return 0
+
+
+def _cmd_bundle(a) -> int:
+    from .bundle import make_bundle
+
+    out = make_bundle(a.run, a.data, a.out, int8=not a.no_int8, target_frr=a.frr, version=a.version,
+                      method=a.method, tar=not a.no_tar, progress=not a.quiet)
+    from edge.bundle import bundle_summary, load_bundle
+
+    print(bundle_summary(load_bundle(out)))
+    print(f"bundle written to {out}" + ("" if a.no_tar else f" and {out.parent / (out.name + '.tar.gz')}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgbd-convert", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -41,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="dataset root (MVTec 3D-AD layout or rgbd-folder)")
     t.add_argument("--model", default="rd", choices=list_models())
     t.add_argument("--out", required=True, help="run directory (re-running resumes from its checkpoint)")
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--rotations", type=int, default=TrainConfig.rotations, help="pose augmentation: rotations per capture")
+    t.add_argument("--no-flip", action="store_true", help="no mirrored poses")
     t.add_argument("--image-size", type=int, default=256)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=0.005)
@@ -58,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-figures", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="one static ONNX graph per mode (opset 17, batch 1)")
+    x.add_argument("--run", required=True)
+    x.add_argument("--out", help="directory (default RUN_DIR/export)")
+    x.add_argument("--dynamic-batch", action="store_true", help="also write <mode>.dynbatch.onnx")
+    x.add_argument("--check-data", help="dataset whose real samples check ONNX Runtime vs torch parity")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bundle", help="export + INT8 + thresholds + metrics into a deployable bundle")
+    b.add_argument("--run", required=True)
+    b.add_argument("--data", required=True, help="train (calibration), validation (thresholds), test (report)")
+    b.add_argument("--out", required=True, help="BUNDLE_DIR (a BUNDLE_DIR.tar.gz is written beside it)")
+    b.add_argument("--no-int8", action="store_true")
+    b.add_argument("--method", default="auto", choices=["auto", "minmax", "entropy", "percentile"])
+    b.add_argument("--frr", type=float, default=0.01, help="target false-reject rate")
+    b.add_argument("--version", help="model version string (default: date + data fingerprint)")
+    b.add_argument("--no-tar", action="store_true")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_bundle)
+
+    from .check_trt import add_parser as add_check_trt
+    from .trt_build import add_parser as add_build
+
+    add_check_trt(sub)
+    add_build(sub)
     return p
 
 
@@ -65,7 +119,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.func(a)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
         print(f"rgbd-convert {a.cmd}: error: {exc}", file=sys.stderr)
         return 2
 

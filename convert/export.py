@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 import torch.nn as nn
 
 from .models.rd import MODES, PRESENT
@@ -69,7 +71,10 @@ def export_mode(model: nn.Module, mode: str, size: int, path: str | Path, dynami
     axes = None
     if dynamic_batch:
         axes = {n: {0: "batch"} for n in (*INPUTS[mode], *OUTPUTS)}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer notes that torch's reflect-pad decomposition cannot be folded;
+        # simplify() below folds it.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             graph, args, str(path), input_names=list(INPUTS[mode]), output_names=list(OUTPUTS),
             opset_version=OPSET, do_constant_folding=True, dynamic_axes=axes, dynamo=False,
@@ -149,6 +154,9 @@ def export_run(run_dir, out_dir, modes=MODES, dynamic_batch: bool = False, check
     model, params, run = load_run(run_dir)
     out_dir = Path(out_dir)
     manifest = {"model": run["model"], "image_size": params.image_size, "opset": OPSET, "modes": {}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The graphs start at preprocessed tensors: calibration and the runtime need these parameters.
+    (out_dir / "preprocess.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
     samples = None
     if check_data is not None:
         split = "validation"

@@ -32,7 +32,7 @@ from calibrate.dataset import load_raw, prepare
 @dataclass
 class TrainConfig:
     model: str = "rd"
-    epochs: int = 40
+    epochs: int = 16
     batch_size: int = 8
     lr: float = 0.005
     image_size: int = 256
@@ -41,7 +41,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     # Pose augmentation of the normal training captures: parts arrive on a line in
     # any rotation, and a student that saw 80 poses calls a 81st pose anomalous.
-    rotations: int = 4  # evenly spaced angles (4 = exact 90-degree turns)
+    rotations: int = 8  # evenly spaced angles (multiples of 90 degrees are exact)
     flip: bool = True
     model_config: dict = field(default_factory=dict)
     preprocess: dict = field(default_factory=dict)
@@ -158,7 +158,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         "model_config": model.cfg.to_dict(),
         "train": asdict(cfg),
         "preprocess": params.to_dict(),
-        "data": {"root": str(Path(data).resolve()), "train_fingerprint": fingerprint, "n_train": len(train_set)},
+        "data": {"root": str(Path(data).resolve()), "train_fingerprint": fingerprint, "n_train": len(train_raw),
+                 "n_train_poses": len(train_set)},
     }
     run_yaml.write_text(yaml.safe_dump(run, sort_keys=False))
 

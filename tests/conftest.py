@@ -53,6 +53,6 @@ def trained_run(tmp_path_factory, tiny_dataset, torch_single_thread) -> TrainedR
 
     run = tmp_path_factory.mktemp("runs") / "rd_tiny"
     argv = ("train", "--data", str(tiny_dataset), "--out", str(run), "--epochs", str(TINY_EPOCHS),
-            "--image-size", str(TINY_SIZE), "--batch-size", "4", "--threads", "1", "--seed", "0", "--quiet")
+            "--image-size", str(TINY_SIZE), "--batch-size", "4", "--threads", "1", "--seed", "0", "--rotations", "4", "--quiet")
     code = main(list(argv))
     return TrainedRun(data=tiny_dataset, run=run, argv=argv, exit_code=code)

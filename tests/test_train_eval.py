@@ -67,8 +67,9 @@ def test_cli_train_writes_run_directory(trained_run):
     assert isinstance(pre["height_scale_m"], float) and 0 < pre["height_scale_m"] < 0.1
     assert isinstance(pre["normal_gain"], float) and pre["normal_gain"] > 0
     PreprocessParams.from_dict(pre)  # loadable as-is
-    # CLI defaults: 4 rotations x 2 flips of every training capture
-    assert meta["data"]["n_train"] == 8 * TINY_COUNTS["n_train"]
+    # 4 rotations x 2 flips of every training capture
+    assert meta["data"]["n_train"] == TINY_COUNTS["n_train"]
+    assert meta["data"]["n_train_poses"] == 8 * TINY_COUNTS["n_train"]
     assert meta["data"]["root"] == str(trained_run.data.resolve())
     assert len(meta["data"]["train_fingerprint"]) == 64
     assert meta["score_stats"]["source"] == "validation"

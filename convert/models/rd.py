@@ -97,13 +97,15 @@ class Student(nn.Module):
             cin = d
         self.ups, self.heads = nn.ModuleList(ups), nn.ModuleList(heads)
 
-    def forward(self, t_rgb, t_depth, present: torch.Tensor):
-        """present: N x 2 float (rgb, depth) in {0, 1}. Returns features at strides 4, 8, 16."""
+    def forward(self, t_rgb, t_depth, present: torch.Tensor | None = None):
+        """Features at strides 4, 8, 16. A missing modality is None; in training,
+        present (N x 2 float, rgb/depth in {0, 1}) drops streams per sample instead."""
         parts = []
         for i, feats in enumerate((t_rgb, t_depth)):
             if feats is None:
                 continue
-            parts.append((i, self.mff[i](feats) * present[:, i].view(-1, 1, 1, 1)))
+            f = self.mff[i](feats)
+            parts.append((i, f if present is None else f * present[:, i].view(-1, 1, 1, 1)))
         ref = parts[0][1]
         z = [torch.zeros_like(ref), torch.zeros_like(ref)]
         for i, p in parts:
@@ -178,9 +180,6 @@ class ReverseDistillationRGBD(nn.Module):
         fg: N x 1 x S x S foreground mask from preprocessing (only meaningful with depth).
         """
         use_rgb, use_depth = PRESENT[mode]
-        ref = rgb if use_rgb else depth
-        n = ref.shape[0]
-        present = torch.tensor([[float(use_rgb), float(use_depth)]], device=ref.device).expand(n, 2)
         t_rgb = self.teacher(rgb) if use_rgb else None
         t_depth = self.teacher(depth) if use_depth else None
         mask = self.dilate_foreground(fg) if use_depth else None
@@ -190,7 +189,7 @@ class ReverseDistillationRGBD(nn.Module):
             t = (t_rgb, t_depth)[k]
             if t is None:
                 continue
-            s = self.students[k](t_rgb, t_depth, present)
+            s = self.students[k](t_rgb, t_depth)
             raw[name] = self.modality_map(t, s, mask)
             normed.append((raw[name] - self.score_mean[mi, k]) / self.score_std[mi, k])
         fused = normed[0] if len(normed) == 1 else torch.maximum(normed[0], normed[1])

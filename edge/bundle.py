@@ -1,0 +1,636 @@
+"""Model bundles: the directory the workstation produces and the Jetson loads.
+
+A bundle is a directory holding ``bundle.yaml`` (schema_version 1, described in
+docs/bundle.md) and the ONNX graphs it names. ``load_bundle`` reads and checks
+the manifest completely before the runtime touches a graph: every problem is a
+``BundleError`` whose message names the manifest, the offending key as a dotted
+path (``modes.rgb.threshold.score``) or the offending file.
+
+The writer lives in ``convert/``; this module only reads. It imports the standard
+library and yaml only (never torch, onnx or onnxruntime).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import math
+import os
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import yaml
+
+from .preprocess import PreprocessParams
+
+BUNDLE_FILE = "bundle.yaml"
+SCHEMA_VERSION = 1
+
+# Expected graph inputs per mode, in order (the export writes them in this order).
+MODE_INPUTS: dict[str, tuple[str, ...]] = {
+    "rgbd": ("rgb", "depth", "foreground"),
+    "rgb": ("rgb",),
+    "depth": ("depth", "foreground"),
+}
+MODES = tuple(MODE_INPUTS)
+OUTPUTS: tuple[str, ...] = ("anomaly_map", "score")
+PRECISIONS = ("fp32", "int8")
+LAYOUTS = ("NCHW",)
+DTYPES = ("float32",)
+
+_TOP_KEYS = ("schema_version", "model", "input", "preprocess", "modes", "engines", "provenance", "files")
+_TOP_REQUIRED = ("schema_version", "model", "input", "preprocess", "modes", "provenance", "files")
+_MODEL_KEYS = ("name", "version", "family")
+_INPUT_KEYS = ("image_size", "layout", "dtype")
+_MODE_KEYS = ("onnx", "onnx_int8", "inputs", "outputs", "threshold", "heatmap")
+_THRESHOLD_KEYS = ("score", "pixel", "target_frr", "expected_frr", "n_validation", "precision")
+_HEATMAP_KEYS = ("low", "high")
+_ENGINES_KEYS = ("dir",)
+_PROVENANCE_REQUIRED = ("created", "code_version", "training_data_fingerprint")
+
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_HASH_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class BundleError(ValueError):
+    """The bundle is unusable. The message names the manifest and the key (dotted path) or file.
+
+    ``key`` (dotted path or None) and ``file`` (a Path or None) carry the same for programs.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.key = key
+        self.file = Path(file) if file is not None else None
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Threshold:
+    score: float         # image score above this -> reject
+    pixel: float         # anomaly-map value above this -> marked pixel
+    target_frr: float    # false-reject rate asked for, in (0, 1)
+    expected_frr: float  # false-reject rate estimated at `score`, in [0, 1]
+    n_validation: int    # normal validation samples the threshold came from
+    precision: str       # graph the threshold was computed with: fp32 | int8
+
+
+@dataclass(frozen=True)
+class HeatmapNorm:
+    low: float   # anomaly-map value shown as "cold"
+    high: float  # anomaly-map value shown as "hot" (> low)
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    name: str
+    onnx: Path               # absolute path of the fp32 graph
+    onnx_int8: Path | None   # absolute path of the INT8 Q/DQ graph, if the bundle has one
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    threshold: Threshold
+    heatmap: HeatmapNorm
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Graph precisions this mode ships: ('fp32',) or ('fp32', 'int8')."""
+        return ("fp32", "int8") if self.onnx_int8 is not None else ("fp32",)
+
+    def graph(self, precision: str) -> Path:
+        """The ONNX file for ``precision`` ('fp32' or 'int8')."""
+        if precision == "fp32":
+            return self.onnx
+        if precision == "int8":
+            if self.onnx_int8 is None:
+                raise BundleError(f"mode '{self.name}' has no INT8 graph (modes.{self.name}.onnx_int8 is not in "
+                                  f"the bundle); use precision 'fp32' or run rgbd-calibrate to produce one",
+                                  key=f"modes.{self.name}.onnx_int8")
+            return self.onnx_int8
+        raise BundleError(f"unknown precision {precision!r} for mode '{self.name}': use one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path                      # the bundle directory (absolute)
+    schema_version: int
+    model_name: str
+    model_version: str
+    image_size: int
+    preprocess: PreprocessParams
+    modes: dict[str, ModeSpec]      # in bundle.yaml order
+    provenance: dict
+    files: dict[str, str]           # relative POSIX path -> lowercase sha256 hex
+    raw: dict                       # the parsed bundle.yaml, untouched
+    model_family: str | None = None
+    engines_dir: Path | None = None  # absolute; None when bundle.yaml has no `engines`
+    hashes_verified: bool = False   # True when load_bundle checked every listed sha256
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / BUNDLE_FILE
+
+    def mode(self, name: str) -> ModeSpec:
+        try:
+            return self.modes[name]
+        except KeyError:
+            raise BundleError(f"{self.manifest}: mode '{name}' is not in this bundle "
+                              f"(available: {', '.join(self.modes)})", key=f"modes.{name}") from None
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Lowercase hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _short(hexdigest: str) -> str:
+    return hexdigest[:12] + "..."
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one,
+    so a second `score:` would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<:` merges may legitimately be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable key: the base class reports it
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_manifest(manifest: Path) -> Any:
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest}: cannot read: {exc}", file=manifest) from exc
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = ": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p) or str(exc)
+        raise BundleError(f"{manifest}:{where} not valid YAML: {problem}", file=manifest) from exc
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+class _Checker:
+    """Type and range checks that name the manifest and the dotted key."""
+
+    def __init__(self, manifest: Path):
+        self.manifest = manifest
+
+    def fail(self, key: str, problem: str, file: str | os.PathLike | None = None) -> BundleError:
+        return BundleError(f"{self.manifest}: {key}: {problem}", key=key, file=file)
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {_describe(value)}")
+        return value
+
+    def keys(self, d: dict, key: str, allowed: Sequence[str], required: Sequence[str]) -> None:
+        for k in d:
+            if k not in allowed:
+                raise self.fail(_join(key, k), f"unknown key (allowed under '{key or 'the top level'}': "
+                                               f"{', '.join(allowed)})")
+        for k in required:
+            if k not in d or d[k] is None:
+                raise self.fail(_join(key, k), "missing required key")
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            hint = " (quote it in YAML)" if isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool) else ""
+            raise self.fail(key, f"must be a non-empty string, got {_describe(value)}{hint}")
+        return value
+
+    def integer(self, value: Any, key: str, minimum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {_describe(value)}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be a number, got {_describe(value)}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise self.fail(key, f"must be finite, got {value}")
+        return v
+
+    def choice(self, value: Any, key: str, allowed: Sequence[str]) -> str:
+        if value not in allowed:
+            raise self.fail(key, f"must be one of {', '.join(allowed)}, got {_describe(value)}")
+        return value
+
+    def name_list(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"must be a list of names, got {_describe(value)}")
+        return tuple(value)
+
+    def rel_path(self, root: Path, value: Any, key: str) -> str:
+        """A path inside the bundle, as normalised relative POSIX text ('./a//b.onnx' -> 'a/b.onnx')."""
+        text = self.string(value, key)
+        if "\\" in text:
+            raise self.fail(key, f"'{text}': use '/' as the path separator", file=text)
+        p = PurePosixPath(text)
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise self.fail(key, f"'{text}' is outside the bundle: paths must be relative to the bundle "
+                                 f"directory and stay inside it", file=text)
+        rel = p.as_posix()
+        resolved = (root / rel).resolve()
+        if resolved != root and root not in resolved.parents:  # a symlink pointing out of the bundle
+            raise self.fail(key, f"'{text}' resolves to {resolved}, outside the bundle {root}", file=root / rel)
+        return rel
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+# --------------------------------------------------------------------------- preprocess
+
+
+def _preprocess_types() -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(PreprocessParams)
+    except Exception:  # an annotation this Python cannot evaluate: skip the type checks
+        return {}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Does a YAML value fit a PreprocessParams annotation? Unknown annotations pass."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+    return True
+
+
+def _check_preprocess(chk: _Checker, value: Any) -> PreprocessParams:
+    d = chk.mapping(value, "preprocess")
+    hints = _preprocess_types()
+    for name in (f.name for f in fields(PreprocessParams)):
+        if name in d and name in hints and not _type_ok(d[name], hints[name]):
+            v = d[name]
+            nonfinite = isinstance(v, float) and not math.isfinite(v)
+            raise chk.fail(f"preprocess.{name}", f"invalid preprocessing parameter: expected "
+                                                 f"{'a finite ' if nonfinite else ''}{_type_name(hints[name])}, "
+                                                 f"got {_describe(v)}")
+    try:
+        return PreprocessParams.from_dict(dict(d))
+    except (ValueError, TypeError) as exc:
+        raise chk.fail("preprocess", f"invalid preprocessing parameters: {exc}") from exc
+
+
+def _type_name(tp: Any) -> str:
+    text = str(tp) if not isinstance(tp, type) else tp.__name__
+    return text.replace("typing.", "")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check_threshold(chk: _Checker, value: Any, key: str) -> Threshold:
+    d = chk.mapping(value, key)
+    chk.keys(d, key, _THRESHOLD_KEYS, _THRESHOLD_KEYS)
+    target = chk.number(d["target_frr"], f"{key}.target_frr")
+    if not 0 < target < 1:
+        raise chk.fail(f"{key}.target_frr", f"must be in (0, 1), got {target}")
+    expected = chk.number(d["expected_frr"], f"{key}.expected_frr")
+    if not 0 <= expected <= 1:
+        raise chk.fail(f"{key}.expected_frr", f"must be in [0, 1], got {expected}")
+    return Threshold(
+        score=chk.number(d["score"], f"{key}.score"),
+        pixel=chk.number(d["pixel"], f"{key}.pixel"),
+        target_frr=target,
+        expected_frr=expected,
+        n_validation=chk.integer(d["n_validation"], f"{key}.n_validation", minimum=1),
+        precision=chk.choice(d["precision"], f"{key}.precision", PRECISIONS),
+    )
+
+
+def _check_heatmap(chk: _Checker, value: Any, key: str) -> HeatmapNorm:
+    d = chk.mapping(value, key)
+    chk.keys(d, key, _HEATMAP_KEYS, _HEATMAP_KEYS)
+    low = chk.number(d["low"], f"{key}.low")
+    high = chk.number(d["high"], f"{key}.high")
+    if not low < high:
+        raise chk.fail(key, f"low must be below high, got low={low}, high={high}")
+    return HeatmapNorm(low=low, high=high)
+
+
+def _check_mode(chk: _Checker, root: Path, name: Any, value: Any) -> tuple[ModeSpec, dict[str, str]]:
+    """The mode, and the files it references: relative path -> dotted key."""
+    key = f"modes.{name}"
+    if name not in MODE_INPUTS:
+        raise chk.fail(key, f"unknown mode '{name}' (known modes: {', '.join(MODES)})")
+    d = chk.mapping(value, key)
+    chk.keys(d, key, _MODE_KEYS, ("onnx", "inputs", "threshold", "heatmap"))
+    refs: dict[str, str] = {}
+    onnx = chk.rel_path(root, d["onnx"], f"{key}.onnx")
+    refs[onnx] = f"{key}.onnx"
+    onnx_int8 = None
+    if d.get("onnx_int8") is not None:
+        onnx_int8 = chk.rel_path(root, d["onnx_int8"], f"{key}.onnx_int8")
+        if onnx_int8 == onnx:
+            raise chk.fail(f"{key}.onnx_int8", f"'{onnx_int8}' is the same file as {key}.onnx", file=onnx_int8)
+        refs[onnx_int8] = f"{key}.onnx_int8"
+    inputs = chk.name_list(d["inputs"], f"{key}.inputs")
+    if inputs != MODE_INPUTS[name]:
+        raise chk.fail(f"{key}.inputs", f"mode '{name}' takes [{', '.join(MODE_INPUTS[name])}], "
+                                        f"got [{', '.join(inputs)}]")
+    outputs = OUTPUTS
+    if d.get("outputs") is not None:
+        outputs = chk.name_list(d["outputs"], f"{key}.outputs")
+        if outputs != OUTPUTS:
+            raise chk.fail(f"{key}.outputs", f"must be [{', '.join(OUTPUTS)}], got [{', '.join(outputs)}]")
+    threshold = _check_threshold(chk, d["threshold"], f"{key}.threshold")
+    if threshold.precision == "int8" and onnx_int8 is None:
+        raise chk.fail(f"{key}.threshold.precision", f"the threshold was computed with the INT8 graph, but "
+                                                     f"mode '{name}' has no {key}.onnx_int8")
+    heatmap = _check_heatmap(chk, d["heatmap"], f"{key}.heatmap")
+    spec = ModeSpec(name=name, onnx=root / onnx, onnx_int8=root / onnx_int8 if onnx_int8 else None,
+                    inputs=inputs, outputs=outputs, threshold=threshold, heatmap=heatmap)
+    return spec, refs
+
+
+def _check_files(chk: _Checker, root: Path, value: Any) -> dict[str, str]:
+    d = chk.mapping(value, "files")
+    out: dict[str, str] = {}
+    for name, digest in d.items():
+        key = _join("files", name)
+        rel = chk.rel_path(root, name, key)
+        if rel in out:
+            raise chk.fail(key, f"'{name}' is listed twice (as '{rel}')", file=rel)
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise chk.fail(key, f"must be a sha256 hex digest (64 hex characters), got {_describe(digest)}", file=rel)
+        out[rel] = digest.lower()
+    return out
+
+
+def _check_provenance(chk: _Checker, value: Any) -> dict:
+    d = chk.mapping(value, "provenance")
+    for k in _PROVENANCE_REQUIRED:
+        if k not in d or d[k] is None:
+            raise chk.fail(f"provenance.{k}", "missing required key")
+    created = d["created"]
+    if not isinstance(created, (_dt.date, _dt.datetime)):  # YAML turns unquoted ISO times into datetimes
+        chk.string(created, "provenance.created")
+    chk.string(d["code_version"], "provenance.code_version")
+    fp = d["training_data_fingerprint"]
+    if not isinstance(fp, str) or not _SHA256_RE.match(fp):
+        raise chk.fail("provenance.training_data_fingerprint",
+                       f"must be a sha256 hex digest (64 hex characters), got {_describe(fp)}")
+    if d.get("metrics") is not None:
+        chk.mapping(d["metrics"], "provenance.metrics")
+    return d
+
+
+def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
+    """Read and check BUNDLE_DIR/bundle.yaml and the files it names.
+
+    Always checks the schema, that every referenced file exists inside the bundle and is listed
+    in ``files``; with ``verify_hashes`` also every listed file's sha256 (reads each file once).
+    Raises BundleError naming the manifest and the key or file at fault.
+    """
+    given = Path(path)
+    if not given.exists():
+        raise BundleError(f"bundle directory not found: {given}", file=given)
+    if not given.is_dir():
+        raise BundleError(f"not a bundle directory (a bundle is a directory holding {BUNDLE_FILE}): {given}",
+                          file=given)
+    root = given.resolve()
+    manifest = root / BUNDLE_FILE
+    if not manifest.is_file():
+        raise BundleError(f"{given}: no {BUNDLE_FILE} in this directory; is it a model bundle?", file=manifest)
+    chk = _Checker(manifest)
+
+    doc = _read_manifest(manifest)
+    if doc is None:
+        raise BundleError(f"{manifest}: the file is empty", file=manifest)
+    if not isinstance(doc, dict):
+        raise BundleError(f"{manifest}: must be a YAML mapping at the top level, got {_describe(doc)}", file=manifest)
+
+    # The version first: a newer bundle should say so, not fail on some key this runtime does not know.
+    if "schema_version" not in doc or doc["schema_version"] is None:
+        raise chk.fail("schema_version", f"missing required key (this runtime reads schema version {SCHEMA_VERSION})")
+    version = doc["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise chk.fail("schema_version", f"must be an integer, got {_describe(version)}")
+    if version != SCHEMA_VERSION:
+        raise chk.fail("schema_version", f"unknown schema version {version}; this runtime reads {SCHEMA_VERSION}")
+    chk.keys(doc, "", _TOP_KEYS, _TOP_REQUIRED)
+
+    model = chk.mapping(doc["model"], "model")
+    chk.keys(model, "model", _MODEL_KEYS, ("name", "version"))
+    model_name = chk.string(model["name"], "model.name")
+    model_version = chk.string(model["version"], "model.version")
+    family = chk.string(model["family"], "model.family") if model.get("family") is not None else None
+
+    inp = chk.mapping(doc["input"], "input")
+    chk.keys(inp, "input", _INPUT_KEYS, ("image_size",))
+    image_size = chk.integer(inp["image_size"], "input.image_size", minimum=32)
+    if image_size % 32:
+        raise chk.fail("input.image_size", f"must be a multiple of 32, got {image_size}")
+    if inp.get("layout") is not None:
+        chk.choice(inp["layout"], "input.layout", LAYOUTS)
+    if inp.get("dtype") is not None:
+        chk.choice(inp["dtype"], "input.dtype", DTYPES)
+
+    params = _check_preprocess(chk, doc["preprocess"])
+    if params.image_size != image_size:
+        raise chk.fail("preprocess.image_size", f"{params.image_size} differs from input.image_size {image_size}: "
+                                                f"the graphs were exported for one size")
+
+    modes_doc = chk.mapping(doc["modes"], "modes")
+    if not modes_doc:
+        raise chk.fail("modes", f"must name at least one mode ({', '.join(MODES)})")
+    modes: dict[str, ModeSpec] = {}
+    referenced: dict[str, str] = {}
+    for name, entry in modes_doc.items():
+        spec, refs = _check_mode(chk, root, name, entry)
+        modes[name] = spec
+        for rel, key in refs.items():
+            referenced.setdefault(rel, key)
+
+    engines_dir = None
+    if doc.get("engines") is not None:
+        eng = chk.mapping(doc["engines"], "engines")
+        chk.keys(eng, "engines", _ENGINES_KEYS, ("dir",))
+        engines_dir = root / chk.rel_path(root, eng["dir"], "engines.dir")
+
+    provenance = _check_provenance(chk, doc["provenance"])
+    files = _check_files(chk, root, doc["files"])
+
+    # Files: referenced ones exist and are listed; every listed one exists; hashes match.
+    for rel, key in referenced.items():
+        if not (root / rel).is_file():
+            raise chk.fail(key, f"file not found: {root / rel}", file=root / rel)
+        if rel not in files:
+            raise chk.fail(key, f"'{rel}' is not listed in 'files' (every graph needs its sha256 there)",
+                           file=root / rel)
+    for rel in files:
+        if not (root / rel).is_file():
+            raise chk.fail(_join("files", rel), f"listed file not found: {root / rel}", file=root / rel)
+    if verify_hashes:
+        for rel, want in files.items():
+            try:
+                have = file_sha256(root / rel)
+            except OSError as exc:
+                raise chk.fail(_join("files", rel), f"cannot read {root / rel}: {exc}", file=root / rel) from exc
+            if have != want:
+                raise chk.fail(_join("files", rel), f"sha256 mismatch for {rel}: bundle.yaml lists {_short(want)}, "
+                                                    f"the file has {_short(have)} (corrupt or incomplete copy?)",
+                               file=root / rel)
+
+    return Bundle(root=root, schema_version=version, model_name=model_name, model_version=model_version,
+                  image_size=image_size, preprocess=params, modes=modes, provenance=provenance, files=files,
+                  raw=doc, model_family=family, engines_dir=engines_dir, hashes_verified=verify_hashes)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def bundle_summary(bundle: Bundle) -> str:
+    """Human-readable, multi-line description of a loaded bundle."""
+    b = bundle
+    fam = f" (family {b.model_family})" if b.model_family else ""
+    prov = b.provenance
+    created = prov.get("created")
+    if isinstance(created, (_dt.date, _dt.datetime)):
+        created = created.isoformat()
+    lines = [
+        f"bundle {b.root} (schema {b.schema_version})",
+        f"model: {b.model_name} {b.model_version}{fam}",
+        f"input: {b.image_size}x{b.image_size}, depth encoding {b.preprocess.depth_encoding}",
+        f"provenance: created {created}, code {prov.get('code_version')}, "
+        f"training data {str(prov.get('training_data_fingerprint'))[:12]}...",
+        "modes:",
+    ]
+    for m in b.modes.values():
+        t, hm = m.threshold, m.heatmap
+        graphs = [f"{_rel(b.root, m.onnx)} (fp32)"]
+        if m.onnx_int8 is not None:
+            graphs.append(f"{_rel(b.root, m.onnx_int8)} (int8)")
+        lines += [
+            f"  {m.name}: inputs [{', '.join(m.inputs)}]",
+            f"    files: {', '.join(graphs)}",
+            f"    precision available: {', '.join(m.precisions)}",
+            f"    threshold ({t.precision}): score > {_fmt(t.score)}, pixel > {_fmt(t.pixel)}; "
+            f"target FRR {t.target_frr:.2%}, expected FRR {t.expected_frr:.2%}, n_validation {t.n_validation}",
+            f"    heatmap: {_fmt(hm.low)} .. {_fmt(hm.high)}",
+        ]
+    if b.engines_dir is not None:
+        lines.append(f"engines: {_rel(b.root, b.engines_dir)}/")
+    state = "sha256 verified" if b.hashes_verified else "sha256 NOT verified"
+    lines.append(f"files: {len(b.files)} listed, {state}")
+    return "\n".join(lines)
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+PROG = "rgbd-edge check-bundle"
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="DIR", help=f"model bundle directory (holds {BUNDLE_FILE} and the ONNX files)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
+
+
+def _cmd_check_bundle(a: argparse.Namespace) -> int:
+    try:
+        bundle = load_bundle(a.bundle, verify_hashes=not a.no_verify)
+    except BundleError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    print(bundle_summary(bundle))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `check-bundle DIR [--no-verify]` on an argparse subparsers object (sets ``func``)."""
+    p = subparsers.add_parser("check-bundle", help="check a model bundle and print its summary",
+                              description="Load a model bundle as the runtime would, verify its file hashes "
+                                          "and print a summary. Exit 0 when usable, 2 otherwise.")
+    _add_arguments(p)
+    p.set_defaults(func=_cmd_check_bundle)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="check a model bundle and print its summary")
+    _add_arguments(p)
+    return _cmd_check_bundle(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
