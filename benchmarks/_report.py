@@ -30,7 +30,7 @@ def machine() -> str:
 def write_section(name: str, body: str) -> Path:
     """Replace (or append) the section between the markers for `name`."""
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the script it names; rerun the command to refresh it.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]

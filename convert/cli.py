@@ -14,7 +14,8 @@ def _cmd_train(a) -> int:
     from .train import train
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
-                      batch_size=a.batch_size, lr=a.lr, threads=a.threads, rotations=a.rotations, flip=not a.no_flip)
+                      batch_size=a.batch_size, lr=a.lr, threads=a.threads, rotations=a.rotations, flip=not a.no_flip,
+                      preprocess={"depth_encoding": a.depth_encoding})
     out = train(a.data, a.out, cfg, progress=not a.quiet)
     print(f"run written to {out}")
     return 0
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     t.add_argument("--rotations", type=int, default=TrainConfig.rotations, help="pose augmentation: rotations per capture")
     t.add_argument("--no-flip", action="store_true", help="no mirrored poses")
+    t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",
+                   help="how depth is shown to the ImageNet encoder (docs/models.md)")
     t.add_argument("--image-size", type=int, default=256)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=0.005)

@@ -75,6 +75,10 @@ def export_mode(model: nn.Module, mode: str, size: int, path: str | Path, dynami
         # The tracer notes that torch's reflect-pad decomposition cannot be folded;
         # simplify() below folds it.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        # The TorchScript exporter is deprecated in favour of torch.export, which needs
+        # onnxscript and emits a different graph; it is still complete in torch 2.13.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX export")
         torch.onnx.export(
             graph, args, str(path), input_names=list(INPUTS[mode]), output_names=list(OUTPUTS),
             opset_version=OPSET, do_constant_folding=True, dynamic_axes=axes, dynamo=False,

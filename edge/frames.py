@@ -33,3 +33,37 @@ class RGBDSample:
             )
         if self.mask is not None and self.mask.shape != self.depth.shape:
             raise ValueError(f"{self.name or 'sample'}: mask {self.mask.shape} does not match depth {self.depth.shape}")
+
+
+@dataclass
+class Intrinsics:
+    """Pinhole intrinsics of the colour stream (depth is aligned to it)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+@dataclass
+class Frame:
+    """One capture as the runtime sees it: either stream may be absent (None).
+
+    Timestamps are the device's, in milliseconds; frame numbers are the
+    device's counters. Both let the runtime tell a fresh depth frame from a
+    stale one re-sent by playback or a stalled stream.
+    """
+
+    rgb: np.ndarray | None  # H x W x 3 uint8, RGB order
+    depth: np.ndarray | None  # H x W float32 metres, 0 = missing, aligned to rgb
+    color_frame_number: int = -1
+    depth_frame_number: int = -1
+    color_timestamp_ms: float = float("nan")
+    depth_timestamp_ms: float = float("nan")
+    intrinsics: Intrinsics | None = None
+    capture_time: float = 0.0  # time.monotonic() when the frame was received
+    source: str = ""
+    name: str = ""  # e.g. the file stem during folder replay
+    label: int = -1  # known only for labelled replays
