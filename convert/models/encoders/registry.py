@@ -22,6 +22,19 @@ def register_encoder(name: str):
     return deco
 
 
+def load_trunk_weights(module: nn.Module, weights_path) -> None:
+    """Load the tensors this truncated trunk has from a full-network state dict
+    (classifier heads and unbuilt stages are simply not taken)."""
+    import torch
+
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise RuntimeError(f"{weights_path}: weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+    module.load_state_dict({k: state[k] for k in own})
+
+
 def create_encoder(name: str, **kwargs) -> nn.Module:
     # Importing the modules registers them; kept here so `registry` has no import cycle.
     from . import efficientnet_lite, resnet  # noqa: F401

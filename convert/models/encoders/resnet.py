@@ -7,10 +7,10 @@ from layer1..layer3, as in RD4AD.
 """
 from __future__ import annotations
 
-import torch
+
 import torch.nn as nn
 
-from .registry import register_encoder
+from .registry import load_trunk_weights, register_encoder
 
 
 class BasicBlock(nn.Module):
@@ -81,12 +81,7 @@ class ResNetFeatures(nn.Module):
                 raise ValueError(
                     "ResNet encoders need weights_path= a torchvision state-dict file: none ship offline here"
                 )
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            own = self.state_dict()
-            missing = [k for k in own if k not in state]
-            if missing:
-                raise RuntimeError(f"{weights_path}: lacks {len(missing)} tensors, e.g. {missing[:3]}")
-            self.load_state_dict({k: state[k] for k in own})
+            load_trunk_weights(self, weights_path)
         self.requires_grad_(False)
         self.eval()
 
