@@ -1,7 +1,10 @@
-"""convert/trt_build.py against the fake `tensorrt` in tests/fake_tensorrt (no GPU needed).
+"""convert/trt_build.py (and the cache core it imports from edge/engines/trt_cache.py) against
+the fake `tensorrt` in tests/fake_tensorrt (no GPU needed).
 
 The fake mimics the TensorRT 10 Python API subset the module uses and records calls; its
-"engine" is a header + JSON with the ONNX sha256 and the builder flags.
+"engine" is a header + JSON with the ONNX sha256 and the builder flags. Bundles here are VALID
+bundles (edge.bundle.load_bundle accepts them) whose "ONNX" files are a few bytes each: the
+fake parser only hashes them.
 """
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from convert import trt_build as tb
+from edge.bundle import BundleError, load_bundle
+from edge.engines import trt_cache as tc
+from edge.preprocess import PreprocessParams
 
 FAKE_DIR = Path(__file__).parent / "fake_tensorrt"
 GPU = tb.GpuIdentity(name="Orin [NVIDIA Jetson Orin Nano Developer Kit]", compute_capability="8.7")
@@ -49,19 +57,46 @@ def no_trt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
-def make_bundle(root: Path, modes=("rgbd", "rgb", "depth"), int8=()) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    table = {}
-    for m in modes:
-        (root / f"{m}.onnx").write_bytes(f"fake onnx for {m}".encode())
-        table[m] = {"onnx": f"{m}.onnx", "input_size": 64}
-        if m in int8:
-            (root / f"{m}.int8.onnx").write_bytes(f"fake int8 qdq onnx for {m}".encode())
-            table[m]["onnx_int8"] = f"{m}.int8.onnx"
-    import yaml
+INPUTS = {"rgbd": ["rgb", "depth", "foreground"], "rgb": ["rgb"], "depth": ["depth", "foreground"]}
 
-    (root / "bundle.yaml").write_text(yaml.safe_dump({"name": "test", "modes": table}, sort_keys=False))
+
+def make_bundle(root: Path, modes=("rgbd", "rgb", "depth"), int8=()) -> Path:
+    """A valid bundle (docs/bundle.md): a few bytes of fake ONNX per graph, with their sha256."""
+    root.mkdir(parents=True, exist_ok=True)
+    table, files = {}, {}
+    for m in modes:
+        graphs = {"onnx": f"{m}.onnx"}
+        if m in int8:
+            graphs["onnx_int8"] = f"{m}.int8.onnx"
+        for key, name in graphs.items():
+            data = f"fake {'int8 qdq ' if key == 'onnx_int8' else ''}onnx for {m}".encode()
+            (root / name).write_bytes(data)
+            files[name] = hashlib.sha256(data).hexdigest()
+        table[m] = dict(graphs, inputs=INPUTS[m], outputs=["anomaly_map", "score"],
+                        threshold={"score": 3.0, "pixel": 2.0, "target_frr": 0.01, "expected_frr": 0.008,
+                                   "n_validation": 20, "precision": "int8" if m in int8 else "fp32"},
+                        heatmap={"low": 0.0, "high": 3.0})
+    doc = {
+        "schema_version": 1,
+        "model": {"name": "test", "version": "1"},
+        "input": {"image_size": 64},
+        "preprocess": PreprocessParams(image_size=64).to_dict(),
+        "modes": table,
+        "provenance": {"created": "2026-01-01T00:00:00Z", "code_version": "test",
+                       "training_data_fingerprint": "ab" * 32},
+        "files": files,
+    }
+    (root / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    load_bundle(root)  # the fixture itself must be valid
     return root
+
+
+def replace_graph(bundle: Path, name: str, data: bytes) -> None:
+    """A re-export: new bytes for one graph, and its new sha256 in bundle.yaml."""
+    (bundle / name).write_bytes(data)
+    doc = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    doc["files"][name] = hashlib.sha256(data).hexdigest()
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def read_fake_engine(trt, path: Path) -> dict:
@@ -78,7 +113,7 @@ def sha(path: Path) -> str:
 
 def test_builds_every_mode_with_names_and_sidecars(tmp_path, fake_trt, gpu, caplog):
     bundle = make_bundle(tmp_path / "b")
-    with caplog.at_level(logging.INFO, logger="convert.trt_build"):
+    with caplog.at_level(logging.INFO):
         results = tb.build_bundle(bundle, fp16=True, workspace_mib=256)
 
     assert [r.mode for r in results] == ["rgbd", "rgb", "depth"]
@@ -133,9 +168,9 @@ def test_force_rebuilds(tmp_path, fake_trt, gpu):
 def test_changed_onnx_forces_rebuild(tmp_path, fake_trt, gpu, caplog):
     bundle = make_bundle(tmp_path / "b", modes=("rgbd",))
     (old,) = tb.build_bundle(bundle)
-    (bundle / "rgbd.onnx").write_bytes(b"re-exported model, new weights")
+    replace_graph(bundle, "rgbd.onnx", b"re-exported model, new weights")
     fake_trt.CALLS.clear()
-    with caplog.at_level(logging.INFO, logger="convert.trt_build"):
+    with caplog.at_level(logging.INFO):
         (new,) = tb.build_bundle(bundle)
     assert new.built and new.engine != old.engine
     assert read_fake_engine(fake_trt, new.engine)["onnx_sha256"] == sha(bundle / "rgbd.onnx")
@@ -260,7 +295,7 @@ def test_precision_flags_on_config(tmp_path, fake_trt, gpu, fp16, int8, want_fla
 
 def test_int8_without_int8_onnx_names_the_mode(tmp_path, fake_trt, gpu):
     bundle = make_bundle(tmp_path / "b", modes=("rgbd", "depth"), int8=("rgbd",))
-    with pytest.raises(tb.BundleError, match=r"mode 'depth'.*onnx_int8"):
+    with pytest.raises(BundleError, match=r"mode 'depth'.*onnx_int8"):
         tb.build_bundle(bundle, int8=True)
     assert fake_trt.calls("build_serialized_network") == []
     (r,) = tb.build_bundle(bundle, ["rgbd"], int8=True)
@@ -329,33 +364,77 @@ def test_without_tensorrt_says_jetson_and_suggests_print_trtexec(tmp_path, no_tr
 
 # --------------------------------------------------------------------------- bundle errors
 
-def test_missing_bundle_yaml_names_path(tmp_path, fake_trt, gpu, capsys):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nobundle" / "bundle.yaml")):
+def test_missing_bundle_names_path(tmp_path, fake_trt, gpu, capsys):
+    with pytest.raises(BundleError, match="bundle directory not found: " + str(tmp_path / "nobundle")):
         tb.build_bundle(tmp_path / "nobundle")
     assert tb.main(["--bundle", str(tmp_path / "nobundle"), "--print-trtexec"]) == 2
-    assert "bundle.yaml" in capsys.readouterr().err
+    assert str(tmp_path / "nobundle") in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"no bundle\.yaml in this directory") as ei:
+        tb.build_bundle(tmp_path / "empty")
+    assert ei.value.file == tmp_path.resolve() / "empty" / "bundle.yaml"
+    assert fake_trt.calls("build_serialized_network") == []
 
 
-def test_missing_onnx_names_path(tmp_path, fake_trt, gpu):
+def test_missing_onnx_names_key_and_path(tmp_path, fake_trt, gpu, capsys):
     bundle = make_bundle(tmp_path / "b", modes=("rgbd", "rgb"))
     (bundle / "rgb.onnx").unlink()
-    with pytest.raises(FileNotFoundError, match=r"mode 'rgb'.*" + str(bundle / "rgb.onnx")):
+    with pytest.raises(BundleError, match=r"modes\.rgb\.onnx: file not found: " + str(bundle.resolve() / "rgb.onnx")):
+        tb.build_bundle(bundle, ["rgbd"])  # the whole bundle is checked before anything is built
+    assert fake_trt.calls("build_serialized_network") == []
+    assert tb.main(["--bundle", str(bundle)]) == 2
+    assert "modes.rgb.onnx" in capsys.readouterr().err
+
+
+def test_corrupt_onnx_is_never_built(tmp_path, fake_trt, gpu):
+    """The bundle's sha256 check runs before the build: a truncated copy never becomes an engine."""
+    bundle = make_bundle(tmp_path / "b", modes=("rgbd",))
+    (bundle / "rgbd.onnx").write_bytes(b"fake onnx for")
+    with pytest.raises(BundleError, match=r"files\.rgbd\.onnx: sha256 mismatch"):
         tb.build_bundle(bundle)
+    assert fake_trt.calls("build_serialized_network") == []
+    assert not (bundle / "engines").exists()
+
+
+def test_engine_keyed_by_bundle_digest_and_bytes_rechecked(tmp_path, fake_trt, gpu):
+    bundle = make_bundle(tmp_path / "b", modes=("rgb",))
+    b = load_bundle(bundle)
+    (src,) = tb.resolve_mode_sources(b, None, int8=False)
+    assert src.sha256 == b.files["rgb.onnx"] == sha(bundle / "rgb.onnx")
+    # the file changes after the bundle was checked: build_engine refuses the other bytes
+    (bundle / "rgb.onnx").write_bytes(b"swapped after the check")
+    with pytest.raises(tb.EngineBuildError, match="sha256"):
+        tb.build_bundle(b)
     assert fake_trt.calls("build_serialized_network") == []
 
 
 def test_bundle_yaml_key_errors(tmp_path):
-    b = tmp_path / "b"
-    b.mkdir()
-    (b / "bundle.yaml").write_text("name: x\n")
-    with pytest.raises(tb.BundleError, match="missing key 'modes'"):
-        tb.load_bundle_modes(b)
-    (b / "bundle.yaml").write_text("modes:\n  rgbd: {input_size: 64}\n")
-    with pytest.raises(tb.BundleError, match=r"modes\.rgbd\.onnx"):
-        tb.load_bundle_modes(b)
+    b = make_bundle(tmp_path / "b", modes=("rgbd",))
+    doc = yaml.safe_load((b / "bundle.yaml").read_text())
+    del doc["modes"]
+    (b / "bundle.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BundleError, match=r"modes: missing required key") as ei:
+        tb.resolve_mode_sources(b, None, int8=False)
+    assert ei.value.key == "modes"
     make_bundle(b, modes=("rgbd",))
-    with pytest.raises(tb.BundleError, match="mode 'depth' is not in 'modes'"):
+    doc = yaml.safe_load((b / "bundle.yaml").read_text())
+    del doc["modes"]["rgbd"]["onnx"]
+    (b / "bundle.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BundleError, match=r"modes\.rgbd\.onnx: missing required key"):
+        tb.resolve_mode_sources(b, None, int8=False)
+    make_bundle(b, modes=("rgbd",))
+    with pytest.raises(BundleError, match="mode 'depth' is not in 'modes'"):
         tb.resolve_mode_sources(b, ["depth"], int8=False)
+    assert tb.BundleError is BundleError  # one BundleError: edge.bundle's
+
+
+def test_cache_dir_defaults_to_bundle_engines_dir(tmp_path, fake_trt, gpu):
+    bundle = make_bundle(tmp_path / "b", modes=("rgb",))
+    doc = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    doc["engines"] = {"dir": "cache/trt"}
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (r,) = tb.build_bundle(bundle)
+    assert r.engine.parent == bundle.resolve() / "cache" / "trt"
 
 
 # --------------------------------------------------------------------------- trtexec
@@ -420,13 +499,15 @@ def test_gpu_identity_tries_probes_in_order(monkeypatch, tmp_path):
     def fail():
         raise RuntimeError("nope")
 
+    # the probes live in edge.engines.trt_cache; convert.trt_build re-exports gpu_identity
+    assert tb.gpu_identity is tc.gpu_identity
     model = tmp_path / "model"
     model.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
-    monkeypatch.setattr(tb, "DEVICE_TREE_MODEL", str(model))
-    monkeypatch.setattr(tb, "_GPU_PROBES", (("a", fail), ("b", lambda: ("Orin", (8, 7))), ("c", fail)))
+    monkeypatch.setattr(tc, "DEVICE_TREE_MODEL", str(model))
+    monkeypatch.setattr(tc, "_GPU_PROBES", (("a", fail), ("b", lambda: ("Orin", (8, 7))), ("c", fail)))
     g = tb.gpu_identity()
     assert g == tb.GpuIdentity("Orin [NVIDIA Jetson Orin Nano Developer Kit]", "8.7")
 
-    monkeypatch.setattr(tb, "_GPU_PROBES", (("a", fail), ("c", fail)))
+    monkeypatch.setattr(tc, "_GPU_PROBES", (("a", fail), ("c", fail)))
     with pytest.raises(tb.EngineBuildError, match=r"a: RuntimeError: nope"):
         tb.gpu_identity()

@@ -60,13 +60,41 @@ def tiny_conv_onnx(path: Path) -> Path:
     return path
 
 
+def write_valid_bundle_yaml(bundle: Path) -> None:
+    """The builder reads bundles through edge.bundle.load_bundle, which wants the full schema;
+    the graph itself is only built, never fed, so its tensor names need not match the mode's."""
+    import hashlib
+
+    import yaml
+
+    from edge.bundle import load_bundle
+    from edge.preprocess import PreprocessParams
+
+    doc = {
+        "schema_version": 1,
+        "model": {"name": "tiny", "version": "1"},
+        "input": {"image_size": 32},
+        "preprocess": PreprocessParams(image_size=32).to_dict(),
+        "modes": {"rgbd": {
+            "onnx": "rgbd.onnx", "inputs": ["rgb", "depth", "foreground"], "outputs": ["anomaly_map", "score"],
+            "threshold": {"score": 1.0, "pixel": 1.0, "target_frr": 0.01, "expected_frr": 0.01,
+                          "n_validation": 2, "precision": "fp32"},
+            "heatmap": {"low": 0.0, "high": 1.0}}},
+        "provenance": {"created": "2026-01-01T00:00:00Z", "code_version": "test",
+                       "training_data_fingerprint": "ab" * 32},
+        "files": {"rgbd.onnx": hashlib.sha256((bundle / "rgbd.onnx").read_bytes()).hexdigest()},
+    }
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    load_bundle(bundle)
+
+
 def test_real_build_fp32_and_fp16(tmp_path, real_trt):
     from convert import trt_build as tb
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     tiny_conv_onnx(bundle / "rgbd.onnx")
-    (bundle / "bundle.yaml").write_text("modes:\n  rgbd:\n    onnx: rgbd.onnx\n")
+    write_valid_bundle_yaml(bundle)
 
     gpu = tb.gpu_identity()
     runtime = real_trt.Runtime(real_trt.Logger(real_trt.Logger.WARNING))

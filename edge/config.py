@@ -1,0 +1,479 @@
+"""`rgbd-edge run` configuration: one YAML file -> typed dataclasses, checked before anything starts.
+
+Every problem is a :class:`ConfigError` whose message names the file and the key as a dotted
+path (``source.fps: must be a positive integer, got 'x'``). Unknown keys are errors with a
+did-you-mean, so a typo cannot be ignored silently. Relative paths are relative to the config
+file's directory, never to the working directory.
+
+The daemon owns every section except ``source``, ``fallback`` and ``sinks``, whose keys belong to
+``edge.sources``, ``edge.fallback`` and ``edge.sinks``: here they get the checks the daemon needs
+(section types, known top-level keys, paths resolved), and the owning module's own validation
+runs too when it offers one. The full schema with defaults is in docs/daemon.md and
+systemd/rgbd-edge.example.yaml.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+# --------------------------------------------------------------------------- constants
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+CUDA_BINDINGS = ("auto", "pycuda", "cuda-python")
+ENGINE_PRECISIONS = ("int8", "fp16", "fp32")
+SOURCE_TYPES = ("realsense", "recording", "folder")
+FINITE_SOURCES = ("recording", "folder")  # replays end; exit_at_end defaults to true for them
+SINK_TYPES = ("mqtt", "gpio", "jsonl", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ON_FULL = ("drop_oldest", "drop_newest", "block")
+
+# Keys of `source` that the daemon consumes itself; they are not passed to open_source().
+SOURCE_DAEMON_KEYS = ("exit_at_end", "read_timeout_s", "reopen_attempts")
+
+_TOP_KEYS = ("device_id", "bundle", "engine", "source", "fallback", "sinks", "queues", "heatmaps", "watchdog",
+             "status", "log_level")
+_ENGINE_KEYS = ("backend", "precision", "threads", "cache_dir", "cuda", "workspace_mib", "build_missing", "warmup",
+                "verify_hashes")
+_QUEUE_KEYS = ("capture", "results", "on_full", "results_timeout_s")
+_HEATMAP_KEYS = ("on_reject", "jpeg_quality", "max_width")
+_WATCHDOG_KEYS = ("enabled",)
+_STATUS_KEYS = ("interval_s",)
+# Keys whose string values are filesystem paths, resolved against the config file's directory,
+# wherever they appear inside `source` and `sinks` (e.g. source.path, sinks.jsonl.path,
+# sinks.mqtt.outbox.path, sinks.mqtt.tls.ca_file).
+_PATH_KEY_NAMES = ("path", "dir", "file", "directory", "outbox", "root")
+_PATH_KEY_SUFFIXES = ("_path", "_dir", "_file")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable. ``key`` is the dotted path at fault (or None)."""
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.key = key
+        self.file = Path(file) if file is not None else None
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend: str = "auto"          # auto | tensorrt | onnxruntime
+    precision: str = "int8"        # int8 | fp16 | fp32 (falls back as edge.engines documents)
+    threads: int | None = None     # ONNX Runtime intra-op CPU threads; None = onnxruntime's default
+    cache_dir: Path | None = None  # TensorRT engine cache; None = the bundle's engines dir
+    cuda: str = "auto"             # TensorRT device buffers via: auto | pycuda | cuda-python
+    workspace_mib: int | None = None  # TensorRT builder workspace; None = edge.engines' default
+    build_missing: bool = True     # build TensorRT engines on first start when the cache has none
+    warmup: bool = True            # one inference per engine before READY=1
+    verify_hashes: bool = True     # sha256-check the bundle's files at start
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    capture: int = 4               # frames between capture and inference
+    results: int = 64              # results between inference and the sinks
+    # What capture does when the capture queue is full: drop the oldest queued frame (default for
+    # live cameras: keep latency bounded), drop the new frame, or block (default for replays:
+    # every recorded frame is inspected). Drops are counted and reported.
+    on_full: str = "drop_oldest"
+    # How long inference waits for room in a full results queue before dropping (counted) a result.
+    results_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    on_reject: bool = True         # attach a heatmap overlay JPEG to reject results
+    jpeg_quality: int = 85         # 1..100
+    max_width: int = 640           # overlays wider than this are scaled down
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    enabled: bool = True           # send WATCHDOG=1 when systemd asks for it (WatchdogSec)
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    interval_s: float = 5.0        # counters to sd_notify STATUS, the log and publish_status
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None              # the YAML file (None when built from a dict without one)
+    device_id: str
+    bundle: Path
+    engine: EngineConfig
+    source: dict                   # passed to edge.sources.open_source (daemon-only keys removed)
+    source_type: str
+    exit_at_end: bool              # finite replay ended -> drain and exit 0 (else reopen and go on)
+    read_timeout_s: float          # Source.read timeout
+    reopen_attempts: int           # source failures in a row before giving up (exit 5)
+    fallback: dict                 # edge.fallback.FallbackConfig.from_dict input
+    sinks: dict                    # edge.sinks.make_sinks input
+    queues: QueueConfig = field(default_factory=QueueConfig)
+    heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    log_level: str = "INFO"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+class _Checker:
+    def __init__(self, file: Path | None):
+        self.file = file
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        where = f"{self.file}: " if self.file is not None else ""
+        return ConfigError(f"{where}{key}: {problem}", key=key, file=self.file)
+
+    def mapping(self, value: Any, key: str, allow_none: bool = True) -> dict:
+        if value is None and allow_none:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {_describe(value)}")
+        for k in value:
+            if not isinstance(k, str):
+                raise self.fail(_join(key, k), f"keys must be strings, got {_describe(k)}")
+        return value
+
+    def keys(self, d: dict, key: str, allowed: Sequence[str]) -> None:
+        for k in d:
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.fail(_join(key, k), f"unknown key{hint} (allowed under '{key or 'the top level'}': "
+                                               f"{', '.join(allowed)})")
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_describe(value)}")
+        return value
+
+    def pos_int(self, value: Any, key: str, maximum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(key, f"must be a positive integer, got {_describe(value)}")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be at most {maximum}, got {value}")
+        return value
+
+    def int_range(self, value: Any, key: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(key, f"must be an integer from {lo} to {hi}, got {_describe(value)}")
+        return value
+
+    def pos_number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise self.fail(key, f"must be a positive number, got {_describe(value)}")
+        return float(value)
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            hint = " (quote it in YAML)" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            raise self.fail(key, f"must be a non-empty string, got {_describe(value)}{hint}")
+        return value
+
+    def choice(self, value: Any, key: str, allowed: Sequence[str]) -> str:
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6) if isinstance(value, str) else []
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise self.fail(key, f"must be one of {', '.join(allowed)}, got {_describe(value)}{hint}")
+        return value
+
+    def path(self, value: Any, key: str, base: Path) -> Path:
+        text = self.string(value, key)
+        p = Path(os.path.expanduser(text))
+        return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def _is_path_key(k: str) -> bool:
+    return k in _PATH_KEY_NAMES or k.endswith(_PATH_KEY_SUFFIXES)
+
+
+def _resolve_paths(chk: _Checker, d: dict, key: str, base: Path) -> dict:
+    """Copy of ``d`` with path-valued string keys made absolute against ``base`` (recursively)."""
+    out = {}
+    for k, v in d.items():
+        sub = _join(key, k)
+        if isinstance(v, dict):
+            out[k] = _resolve_paths(chk, v, sub, base)
+        elif isinstance(k, str) and _is_path_key(k) and isinstance(v, str):
+            out[k] = str(chk.path(v, sub, base))
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _engine(chk: _Checker, value: Any, base: Path) -> EngineConfig:
+    d = chk.mapping(value, "engine")
+    chk.keys(d, "engine", _ENGINE_KEYS)
+    kw: dict[str, Any] = {}
+    if d.get("backend") is not None:
+        kw["backend"] = chk.choice(d["backend"], "engine.backend", BACKENDS)
+    if d.get("precision") is not None:
+        kw["precision"] = chk.choice(d["precision"], "engine.precision", ENGINE_PRECISIONS)
+    if d.get("threads") is not None:
+        kw["threads"] = chk.pos_int(d["threads"], "engine.threads", maximum=256)
+    if d.get("cache_dir") is not None:
+        kw["cache_dir"] = chk.path(d["cache_dir"], "engine.cache_dir", base)
+    if d.get("cuda") is not None:
+        kw["cuda"] = chk.choice(d["cuda"], "engine.cuda", CUDA_BINDINGS)
+    if d.get("workspace_mib") is not None:
+        kw["workspace_mib"] = chk.pos_int(d["workspace_mib"], "engine.workspace_mib", maximum=1 << 20)
+    for k in ("build_missing", "warmup", "verify_hashes"):
+        if d.get(k) is not None:
+            kw[k] = chk.boolean(d[k], f"engine.{k}")
+    return EngineConfig(**kw)
+
+
+def _source(chk: _Checker, value: Any, base: Path) -> tuple[dict, str, bool, float, int]:
+    if value is None:
+        raise chk.fail("source", f"missing required section (a mapping with 'type': {', '.join(SOURCE_TYPES)})")
+    d = chk.mapping(value, "source", allow_none=False)
+    if d.get("type") is None:
+        raise chk.fail("source.type", f"missing required key (one of {', '.join(SOURCE_TYPES)})")
+    kind = chk.choice(d["type"], "source.type", SOURCE_TYPES)
+    if kind in FINITE_SOURCES and d.get("path") is None:
+        raise chk.fail("source.path", f"missing required key (a '{kind}' source replays files from a path)")
+    exit_at_end = kind in FINITE_SOURCES and d.get("loop") is not True
+    if d.get("exit_at_end") is not None:
+        exit_at_end = chk.boolean(d["exit_at_end"], "source.exit_at_end")
+    read_timeout_s = 1.0
+    if d.get("read_timeout_s") is not None:
+        read_timeout_s = chk.pos_number(d["read_timeout_s"], "source.read_timeout_s")
+    reopen_attempts = 3
+    if d.get("reopen_attempts") is not None:
+        reopen_attempts = chk.pos_int(d["reopen_attempts"], "source.reopen_attempts")
+    passed = {k: v for k, v in d.items() if k not in SOURCE_DAEMON_KEYS}
+    passed = _resolve_paths(chk, passed, "source", base)
+    _check_source_keys(chk, passed)
+    if kind in FINITE_SOURCES and not Path(passed["path"]).exists():
+        raise chk.fail("source.path", f"not found: {passed['path']}")
+    if passed.get("loop") is True and d.get("exit_at_end") is True:
+        raise chk.fail("source.exit_at_end", "a looping replay (source.loop: true) never ends; remove one of them")
+    return passed, kind, exit_at_end, read_timeout_s, reopen_attempts
+
+
+def _check_source_keys(chk: _Checker, d: dict) -> None:
+    """edge.sources checks its own keys (types, unknown keys with a did-you-mean)."""
+    try:
+        from .sources import validate_source_config
+    except ImportError:  # not installed: open_source reports it at start
+        return
+    try:
+        validate_source_config(dict(d))
+    except ValueError as exc:
+        msg = str(exc)
+        key, sep, problem = msg.partition(": ")
+        if sep and key.startswith("source.") and " " not in key:
+            known = set(SOURCE_DAEMON_KEYS)
+            if "unknown key" in problem and key[len("source."):] not in known:
+                problem += f"; the daemon itself also reads {', '.join(SOURCE_DAEMON_KEYS)}"
+            raise chk.fail(key, problem) from exc
+        raise chk.fail("source", msg) from exc
+
+
+def _sinks(chk: _Checker, value: Any, base: Path) -> dict:
+    if value is None:
+        raise chk.fail("sinks", f"missing required section: name at least one of {', '.join(SINK_TYPES)} "
+                                f"(results would go nowhere)")
+    d = chk.mapping(value, "sinks", allow_none=False)
+    chk.keys(d, "sinks", SINK_TYPES)
+    out = {}
+    for name, entry in d.items():
+        if entry is None or entry is True:  # `console:` / `console: true` -> defaults
+            out[name] = {}
+            continue
+        if entry is False:
+            continue  # disabled
+        entry = chk.mapping(entry, f"sinks.{name}")
+        if entry.get("enabled") is False:
+            continue
+        out[name] = _resolve_paths(chk, entry, f"sinks.{name}", base)
+    if not out:
+        raise chk.fail("sinks", f"every sink is disabled: enable at least one of {', '.join(SINK_TYPES)}")
+    return out
+
+
+def _check_sinks_keys(chk: _Checker, sinks: dict, device_id: str) -> None:
+    """edge.sinks checks its own sections without opening anything (it reads the MQTT password file)."""
+    try:
+        from .sinks import parse_sinks_config
+    except ImportError:  # not installed: make_sinks reports it at start
+        return
+    try:
+        parse_sinks_config(sinks, device_id)
+    except ValueError as exc:
+        msg = str(exc)
+        key, sep, problem = msg.partition(": ")
+        if sep and key.startswith("sinks") and " " not in key:
+            raise chk.fail(key, problem) from exc
+        raise chk.fail("sinks", msg) from exc
+
+
+def _queues(chk: _Checker, value: Any, kind: str) -> QueueConfig:
+    d = chk.mapping(value, "queues")
+    chk.keys(d, "queues", _QUEUE_KEYS)
+    kw: dict[str, Any] = {"on_full": "block" if kind in FINITE_SOURCES else "drop_oldest"}
+    for k in ("capture", "results"):
+        if d.get(k) is not None:
+            kw[k] = chk.pos_int(d[k], f"queues.{k}", maximum=100_000)
+    if d.get("on_full") is not None:
+        kw["on_full"] = chk.choice(d["on_full"], "queues.on_full", ON_FULL)
+    if d.get("results_timeout_s") is not None:
+        kw["results_timeout_s"] = chk.pos_number(d["results_timeout_s"], "queues.results_timeout_s")
+    return QueueConfig(**kw)
+
+
+def _heatmaps(chk: _Checker, value: Any) -> HeatmapConfig:
+    d = chk.mapping(value, "heatmaps")
+    chk.keys(d, "heatmaps", _HEATMAP_KEYS)
+    kw: dict[str, Any] = {}
+    if d.get("on_reject") is not None:
+        kw["on_reject"] = chk.boolean(d["on_reject"], "heatmaps.on_reject")
+    if d.get("jpeg_quality") is not None:
+        kw["jpeg_quality"] = chk.int_range(d["jpeg_quality"], "heatmaps.jpeg_quality", 1, 100)
+    if d.get("max_width") is not None:
+        kw["max_width"] = chk.int_range(d["max_width"], "heatmaps.max_width", 32, 8192)
+    return HeatmapConfig(**kw)
+
+
+def _fallback(chk: _Checker, value: Any) -> dict:
+    d = dict(chk.mapping(value, "fallback"))
+    if "available_modes" in d:
+        raise chk.fail("fallback.available_modes", "set from the bundle's modes; remove it from the config")
+    return d
+
+
+def check_fallback(chk_or_file, d: dict, available_modes: Sequence[str] | None = None):
+    """Build FallbackConfig from the ``fallback`` section; its errors become ConfigErrors naming ``fallback.*``."""
+    chk = chk_or_file if isinstance(chk_or_file, _Checker) else _Checker(chk_or_file)
+    from .fallback import FallbackConfig  # the owning module validates its own keys
+
+    doc = dict(d)
+    if available_modes is not None:
+        doc["available_modes"] = tuple(available_modes)
+    try:
+        cfg = FallbackConfig.from_dict(doc)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        msg = str(exc).strip("'\"")
+        key, sep, problem = msg.partition(": ")
+        if sep and key.startswith("fallback") and " " not in key:
+            raise chk.fail(key, problem) from exc
+        raise chk.fail("fallback", msg) from exc
+    return cfg
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: str | os.PathLike | None = None) -> Config:
+    """Check a parsed config document. Relative paths resolve against ``base_dir`` (default: the
+    directory of ``path``, else the working directory)."""
+    file = Path(path) if path is not None else None
+    chk = _Checker(file)
+    base = Path(base_dir) if base_dir is not None else (file.resolve().parent if file is not None else Path.cwd())
+    if doc is None:
+        raise ConfigError(f"{file}: the file is empty" if file else "the configuration is empty", file=file)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{file or 'config'}: must be a YAML mapping at the top level, got {_describe(doc)}",
+                          file=file)
+    chk.mapping(doc, "")
+    chk.keys(doc, "", _TOP_KEYS)
+
+    device_id = socket.gethostname()
+    if doc.get("device_id") is not None:
+        device_id = chk.string(doc["device_id"], "device_id")
+    if doc.get("bundle") is None:
+        raise chk.fail("bundle", "missing required key (the model bundle directory)")
+    bundle = chk.path(doc["bundle"], "bundle", base)
+
+    engine = _engine(chk, doc.get("engine"), base)
+    source, kind, exit_at_end, read_timeout_s, reopen_attempts = _source(chk, doc.get("source"), base)
+    fallback = _fallback(chk, doc.get("fallback"))
+    sinks = _sinks(chk, doc.get("sinks"), base)
+    _check_sinks_keys(chk, sinks, device_id)
+    queues = _queues(chk, doc.get("queues"), kind)
+    heatmaps = _heatmaps(chk, doc.get("heatmaps"))
+
+    wd = chk.mapping(doc.get("watchdog"), "watchdog")
+    chk.keys(wd, "watchdog", _WATCHDOG_KEYS)
+    watchdog = WatchdogConfig(**({"enabled": chk.boolean(wd["enabled"], "watchdog.enabled")}
+                                 if wd.get("enabled") is not None else {}))
+    st = chk.mapping(doc.get("status"), "status")
+    chk.keys(st, "status", _STATUS_KEYS)
+    status = StatusConfig(**({"interval_s": chk.pos_number(st["interval_s"], "status.interval_s")}
+                             if st.get("interval_s") is not None else {}))
+
+    log_level = "INFO"
+    if doc.get("log_level") is not None:
+        v = doc["log_level"]
+        log_level = chk.choice(v.upper() if isinstance(v, str) else v, "log_level", LOG_LEVELS)
+
+    cfg = Config(path=file.resolve() if file is not None else None, device_id=device_id, bundle=bundle,
+                 engine=engine, source=source, source_type=kind, exit_at_end=exit_at_end,
+                 read_timeout_s=read_timeout_s, reopen_attempts=reopen_attempts, fallback=fallback, sinks=sinks,
+                 queues=queues, heatmaps=heatmaps, watchdog=watchdog, status=status, log_level=log_level)
+    _check_owned_sections(chk, cfg)
+    return cfg
+
+
+def _check_owned_sections(chk: _Checker, cfg: Config) -> None:
+    """Let edge.fallback check its keys now, so a typo fails at start with exit code 2.
+
+    (Sources and sinks are checked when they are created; the daemon maps their configuration
+    errors to exit code 2 as well.) Skipped when the module is not installed: the daemon then
+    fails later with a clear import error.
+    """
+    try:
+        import edge.fallback  # noqa: F401
+    except ImportError:
+        return
+    check_fallback(chk, cfg.fallback)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and check a YAML config file. Raises ConfigError naming the file and key."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc}", file=file) from exc
+    try:
+        from .bundle import _UniqueKeyLoader  # duplicate keys are errors, as in bundle.yaml
+
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = ": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p) or str(exc)
+        raise ConfigError(f"{file}:{where} not valid YAML: {problem}", file=file) from exc
+    return config_from_dict(doc, path=file)

@@ -1,0 +1,632 @@
+"""TensorRT engine cache and build: shared by the runtime (edge.engines) and `rgbd-convert build`.
+
+A TensorRT engine is only valid for the TensorRT version and the GPU it was built on, so
+engines are never shipped: the bundle carries ONNX (fp32, and optionally an INT8 Q/DQ
+variant per mode) and engines are built where they run, into a cache directory
+(the bundle's ``engines.dir``, ``BUNDLE_DIR/engines`` by default, or an explicit cache
+directory such as a systemd StateDirectory).
+
+Cache layout (one engine per mode and precision)::
+
+    <cache>/<mode>-<precision>-<key16>.engine       serialized engine (IHostMemory bytes)
+    <cache>/<mode>-<precision>-<key16>.engine.json  sidecar: onnx file + sha256, TensorRT version,
+                                                    GPU name + compute capability, flags,
+                                                    workspace, engine sha256, build time
+    <cache>/timing-<trt>-<gpu>-sm<cc>-<tag>.cache   TensorRT timing cache (per TRT version + GPU)
+    <cache>/.build.lock                             flock: one builder at a time
+
+``key16`` is the first 16 hex digits of :func:`engine_key`. :func:`find_engine` reuses an
+engine only when every identity field in its sidecar matches exactly and the engine file's
+sha256 matches the sidecar; anything else is rebuilt (the stale file is left in place and
+logged). :func:`ensure_engine` is find-or-build, used by both the runtime's first start and
+`rgbd-convert build`.
+
+TensorRT usage follows the TensorRT 10 Python API: ``Builder.create_network(0)`` (explicit
+batch is the only mode), ``OnnxParser``, ``IBuilderConfig.set_memory_pool_limit``,
+``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` (INT8 for explicit Q/DQ graphs; no calibrator),
+a persisted ``ITimingCache`` and ``Builder.build_serialized_network``.
+
+Imports the standard library and edge.engines.base only: `tensorrt` is imported by
+:func:`import_tensorrt`, cuda-python or pycuda inside :func:`gpu_identity`'s probes. Never
+imports `convert` (`rgbd-convert build` imports this module, not the other way round).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .base import EngineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SUBDIR = "engines"
+DEFAULT_WORKSPACE_MIB = 1024
+SIDECAR_FORMAT = 1
+ENGINE_SUFFIX = ".engine"
+SIDECAR_SUFFIX = ".json"  # appended to the engine file name: <mode>-<precision>-<key16>.engine.json
+LOCK_FILE = ".build.lock"
+# Board name on Jetson (NUL-terminated); distinguishes e.g. Orin Nano from AGX Orin (both sm_87).
+DEVICE_TREE_MODEL = "/proc/device-tree/model"
+
+_FLAG_NAMES = ("fp16", "int8")
+
+NO_TENSORRT_HINT = (
+    "the TensorRT Python bindings are not importable here: engines are built on the Jetson "
+    "(JetPack 6 ships TensorRT 10.3 Python bindings as python3-libnvinfer: use the system "
+    "python3, or a venv created with --system-site-packages). On this machine, "
+    "`rgbd-convert build --bundle DIR --print-trtexec` prints the equivalent trtexec commands."
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+class TensorRTUnavailableError(EngineError):
+    """`import tensorrt` failed."""
+
+
+class EngineBuildError(EngineError):
+    """TensorRT could not build an engine (or the cache cannot hold one)."""
+
+
+class OnnxParseError(EngineBuildError):
+    """The ONNX parser rejected the model; ``errors`` holds every parser message."""
+
+    def __init__(self, onnx_path: Path, errors: Sequence[str]):
+        self.onnx_path = Path(onnx_path)
+        self.errors = list(errors)
+        lines = "\n".join(f"  [{i}] {e}" for i, e in enumerate(self.errors)) or "  (the parser reported no message)"
+        super().__init__(f"TensorRT's ONNX parser rejected {self.onnx_path} "
+                         f"({len(self.errors)} error(s)):\n{lines}")
+
+
+class EngineNotCachedError(EngineError):
+    """No matching engine in the cache, and building was not allowed."""
+
+
+# --------------------------------------------------------------------------- precision
+
+def precision_flags(precision: str | Iterable[str]) -> tuple[str, ...]:
+    """Canonical builder flags for a precision: 'fp32' -> (), 'fp16' -> ('fp16',),
+    'int8' -> ('int8',), 'fp16_int8' (or 'int8_fp16', or an iterable of flags) -> ('fp16', 'int8')."""
+    if isinstance(precision, str):
+        parts = [p for p in re.split(r"[_+,\s]+", precision.strip().lower()) if p]
+    else:
+        parts = [str(p).strip().lower() for p in precision]
+    flags = set()
+    for p in parts:
+        if p == "fp32":
+            continue
+        if p not in _FLAG_NAMES:
+            raise ValueError(f"unknown precision {precision!r}: use fp32, fp16, int8 or fp16_int8")
+        flags.add(p)
+    return tuple(sorted(flags))
+
+
+def precision_name(flags: Iterable[str] | str) -> str:
+    """'fp32' for no flags, else the sorted flags joined by '_' ('fp16', 'int8', 'fp16_int8')."""
+    f = precision_flags(flags)
+    return "_".join(f) if f else "fp32"
+
+
+def precision_from_args(fp16: bool, int8: bool) -> str:
+    return precision_name([n for n, on in (("fp16", fp16), ("int8", int8)) if on])
+
+
+# --------------------------------------------------------------------------- identity and keys
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    name: str                # e.g. "Orin [NVIDIA Jetson AGX Orin Developer Kit]"
+    compute_capability: str  # "8.7"
+
+
+def _normalize_cc(cc) -> str:
+    if isinstance(cc, (tuple, list)):
+        return ".".join(str(int(x)) for x in cc)
+    return str(cc).strip()
+
+
+def _device_tree_model() -> str | None:
+    try:
+        raw = Path(DEVICE_TREE_MODEL).read_bytes()
+    except OSError:
+        return None
+    text = raw.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    return text or None
+
+
+def _probe_cuda_python():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.8
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    err, prop = cudart.cudaGetDeviceProperties(0)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"cudaGetDeviceProperties(0): {err}")
+    name = prop.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\x00", 1)[0].decode("utf-8", "replace")
+    return str(name).strip(), f"{prop.major}.{prop.minor}"
+
+
+def _probe_pycuda():
+    import pycuda.driver as cuda
+
+    cuda.init()
+    dev = cuda.Device(0)
+    return dev.name().strip(), _normalize_cc(dev.compute_capability())
+
+
+def _probe_libcuda():
+    """CUDA driver API through ctypes: libcuda.so.1 is present wherever TensorRT can run."""
+    import ctypes
+
+    lib = ctypes.CDLL("libcuda.so.1")
+    if lib.cuInit(0) != 0:
+        raise RuntimeError("cuInit failed")
+    dev = ctypes.c_int()
+    if lib.cuDeviceGet(ctypes.byref(dev), 0) != 0:
+        raise RuntimeError("cuDeviceGet(0) failed")
+    buf = ctypes.create_string_buffer(256)
+    if lib.cuDeviceGetName(buf, 256, dev) != 0:
+        raise RuntimeError("cuDeviceGetName failed")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    if lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev):
+        raise RuntimeError("cuDeviceGetAttribute(compute capability) failed")
+    return buf.value.decode("utf-8", "replace").strip(), f"{major.value}.{minor.value}"
+
+
+def _probe_nvidia_smi():
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        raise RuntimeError("nvidia-smi not on PATH")
+    out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20, check=True).stdout
+    line = out.strip().splitlines()[0]
+    name, cc = line.rsplit(",", 1)
+    if not re.fullmatch(r"\d+\.\d+", cc.strip()):
+        raise RuntimeError(f"nvidia-smi gave no compute capability: {line!r}")
+    return name.strip(), cc.strip()
+
+
+_GPU_PROBES = (("cuda-python", _probe_cuda_python), ("pycuda", _probe_pycuda),
+               ("libcuda", _probe_libcuda), ("nvidia-smi", _probe_nvidia_smi))
+
+
+def gpu_identity() -> GpuIdentity:
+    """Name and compute capability of GPU 0 (cuda-python, then pycuda, then the CUDA driver
+    library through ctypes, then nvidia-smi). On a Jetson the board model from the device tree
+    is appended to the name."""
+    tried = []
+    for label, probe in _GPU_PROBES:
+        try:
+            name, cc = probe()
+        except Exception as exc:  # each probe is optional; report them all if none works
+            tried.append(f"{label}: {exc.__class__.__name__}: {exc}")
+            log.debug("GPU probe %s failed: %s", label, exc)
+            continue
+        model = _device_tree_model()
+        if model and model not in name:
+            name = f"{name} [{model}]"
+        log.debug("GPU identity from %s: %s, compute capability %s", label, name, cc)
+        return GpuIdentity(name=name, compute_capability=_normalize_cc(cc))
+    raise EngineBuildError("could not identify the CUDA GPU (needed to key the engine cache); tried:\n  "
+                           + "\n  ".join(tried))
+
+
+def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability,
+               precision_flags_: Iterable[str] | str) -> str:
+    """sha256 (hex) over everything that makes an engine valid: the ONNX bytes, the TensorRT
+    version, the GPU and the builder precision flags."""
+    ident = {
+        "onnx_sha256": str(onnx_sha256),
+        "tensorrt_version": str(trt_version),
+        "gpu_name": str(gpu_name),
+        "compute_capability": _normalize_cc(compute_capability),
+        "flags": list(precision_flags(precision_flags_)),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine's validity depends on; its sidecar must match every field."""
+    mode: str
+    precision: str            # fp32 | fp16 | int8 | fp16_int8
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return precision_flags(self.precision)
+
+    @property
+    def key(self) -> str:
+        return engine_key(self.onnx_sha256, self.tensorrt_version, self.gpu_name, self.compute_capability, self.flags)
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.mode}-{precision_name(self.flags)}-{self.key[:16]}{ENGINE_SUFFIX}"
+
+    def identity(self) -> dict:
+        return {
+            "format": SIDECAR_FORMAT,
+            "mode": self.mode,
+            "precision": precision_name(self.flags),
+            "flags": list(self.flags),
+            "onnx_sha256": self.onnx_sha256,
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": _normalize_cc(self.compute_capability),
+            "key": self.key,
+        }
+
+
+def engine_path(cache_dir: str | os.PathLike, spec: EngineSpec) -> Path:
+    return Path(cache_dir) / spec.file_name
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    engine = Path(engine)
+    return engine.with_name(engine.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The sidecar's JSON object, or None when it is missing or unreadable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_engine(cache_dir: str | os.PathLike, spec: EngineSpec) -> Path | None:
+    """The cached engine for ``spec``, or None. Reused only when the sidecar exists, every identity
+    field in it equals ``spec`` exactly, and the engine file's size and sha256 match the sidecar."""
+    eng = engine_path(cache_dir, spec)
+    side = sidecar_path(eng)
+    if not eng.is_file():
+        return None
+    meta = read_sidecar(side)
+    if meta is None:
+        log.info("%s: no readable sidecar %s; not reusing it", eng.name, side.name)
+        return None
+    for field, want in spec.identity().items():
+        have = meta.get(field)
+        if have != want:
+            log.info("%s: sidecar field %r is %r, expected %r; not reusing it", eng.name, field, have, want)
+            return None
+    size = eng.stat().st_size
+    if meta.get("engine_bytes") != size or meta.get("engine_sha256") != sha256_file(eng):
+        log.info("%s: engine file does not match its sidecar (truncated or replaced?); not reusing it", eng.name)
+        return None
+    return eng
+
+
+def _stale_engines(cache_dir: Path, spec: EngineSpec) -> list[Path]:
+    """Other engines for the same mode and precision (different key: older ONNX, TRT or GPU)."""
+    prefix = f"{spec.mode}-{precision_name(spec.flags)}-"
+    return sorted(p for p in cache_dir.glob(f"{prefix}*{ENGINE_SUFFIX}")
+                  if p.name != spec.file_name and re.fullmatch(re.escape(prefix) + r"[0-9a-f]{16}\.engine", p.name))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:80] or "gpu"
+
+
+def timing_cache_path(cache_dir: str | os.PathLike, trt_version: str, gpu: GpuIdentity) -> Path:
+    """Timing cache file for one TensorRT version + GPU (shared by all modes and precisions)."""
+    cc = _normalize_cc(gpu.compute_capability).replace(".", "")
+    tag = hashlib.sha256(f"{trt_version}|{gpu.name}|{gpu.compute_capability}".encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"timing-trt{_slug(trt_version)}-{_slug(gpu.name)}-sm{cc}-{tag}.cache"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: str | os.PathLike):
+    """Exclusive flock on ``<cache_dir>/.build.lock`` so the service and a manual build do not
+    build into one cache at once. Not re-entrant: do not nest it in one process."""
+    try:
+        import fcntl
+    except ImportError:  # not Linux: no locking
+        yield
+        return
+    path = Path(cache_dir) / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("waiting for another build holding %s", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+def import_tensorrt():
+    """The `tensorrt` module, or TensorRTUnavailableError with what to do instead."""
+    try:
+        return importlib.import_module("tensorrt")
+    except (ImportError, OSError) as exc:
+        raise TensorRTUnavailableError(f"{NO_TENSORRT_HINT}\n(import tensorrt: {exc})") from exc
+
+
+def _format_parser_error(err) -> str:
+    text = str(err)
+    if not text or (text.startswith("<") and "object at 0x" in text):  # no __str__: assemble it
+        parts = []
+        for attr in ("node", "node_name", "node_operator", "code", "desc"):
+            fn = getattr(err, attr, None)
+            if callable(fn):
+                with contextlib.suppress(Exception):
+                    parts.append(f"{attr}={fn()}")
+        text = ", ".join(parts) or text
+    return text
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
+
+
+def build_engine(onnx_path: str | os.PathLike, precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                 timing_cache_path: str | os.PathLike | None = None, *, verbose: bool = False,
+                 expected_sha256: str | None = None) -> bytes:
+    """Build a serialized TensorRT engine from an ONNX file with the TensorRT 10 Python API.
+
+    ``precision``: fp32 | fp16 | int8 | fp16_int8. INT8 expects an explicit Q/DQ ONNX (no
+    calibrator). ``timing_cache_path``: loaded if present, written back after a successful build.
+    ``expected_sha256``: the digest the engine will be keyed by; the bytes read are checked
+    against it, so an engine can never be built from other bytes than its key says.
+    Raises OnnxParseError with every parser message, EngineBuildError when the build fails.
+    """
+    trt = import_tensorrt()
+    onnx_path = Path(onnx_path)
+    flags = precision_flags(precision)
+    data = onnx_path.read_bytes()
+    if expected_sha256 is not None:
+        have = hashlib.sha256(data).hexdigest()
+        if have != expected_sha256.lower():
+            raise EngineBuildError(f"{onnx_path}: sha256 is {have[:12]}..., expected {expected_sha256[:12]}... "
+                                   "(the file changed after the bundle was checked?); not building from it")
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind11 raises when createInferBuilder returns null (no CUDA device)
+        raise EngineBuildError(f"could not create a TensorRT builder (no usable CUDA GPU?): {exc}") from exc
+    if builder is None:
+        raise EngineBuildError("could not create a TensorRT builder (no usable CUDA GPU?)")
+
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    # path lets the parser find externally stored weights next to the model
+    if not parser.parse(data, str(onnx_path)):
+        raise OnnxParseError(onnx_path, [_format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)])
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) * (1 << 20))
+    if "fp16" in flags:
+        if getattr(builder, "platform_has_fast_fp16", True) is False:
+            log.warning("this GPU reports no fast FP16; building with the FP16 flag anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if "int8" in flags:
+        if getattr(builder, "platform_has_fast_int8", True) is False:
+            log.warning("this GPU reports no fast INT8; building with the INT8 flag anyway")
+        # Explicit quantization: the Q/DQ nodes carry the scales; no calibrator is set.
+        config.set_flag(trt.BuilderFlag.INT8)
+
+    # Inputs: static shapes expected; a dynamic batch dimension gets a batch-1 profile.
+    profile = None
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = _dims(tensor.shape)
+        log.debug("input %s: shape %s dtype %s", tensor.name, shape, getattr(tensor, "dtype", "?"))
+        if any(d < 0 for d in shape):
+            if any(d < 0 for d in shape[1:]):
+                raise EngineBuildError(
+                    f"{onnx_path}: input '{tensor.name}' has dynamic dimensions {shape}; export the model "
+                    "with a static input size (only a dynamic batch dimension is handled, as batch 1)")
+            fixed = (1,) + shape[1:]
+            if profile is None:
+                profile = builder.create_optimization_profile()
+            profile.set_shape(tensor.name, fixed, fixed, fixed)
+            log.info("input '%s' has a dynamic batch dimension; building for shape %s", tensor.name, fixed)
+    if profile is not None:
+        config.add_optimization_profile(profile)
+
+    cache = None
+    if timing_cache_path is not None:
+        timing_cache_path = Path(timing_cache_path)
+        blob = b""
+        if timing_cache_path.is_file():
+            blob = timing_cache_path.read_bytes()
+            log.info("timing cache: loading %s (%d bytes)", timing_cache_path, len(blob))
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
+            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache_path)
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT failed to build an engine from {onnx_path} (build_serialized_network returned None). "
+            "Re-run with --verbose for TensorRT's verbose log, or reproduce with the command from "
+            "--print-trtexec (add --verbose to trtexec) to see which layer fails.")
+    engine = bytes(serialized)
+
+    if cache is not None:
+        _atomic_write(timing_cache_path, bytes(cache.serialize()))
+        log.info("timing cache: saved %s", timing_cache_path)
+    return engine
+
+
+
+
+# --------------------------------------------------------------------------- find or build
+
+def default_cache_dir(bundle) -> Path:
+    """The bundle's ``engines.dir`` if bundle.yaml names one, else BUNDLE_DIR/engines.
+    ``bundle``: an edge.bundle.Bundle, or a bundle directory."""
+    engines_dir = getattr(bundle, "engines_dir", None)
+    if engines_dir is not None:
+        return Path(engines_dir)
+    root = getattr(bundle, "root", bundle)
+    return Path(root) / DEFAULT_CACHE_SUBDIR
+
+
+def prepare_cache_dir(cache_dir: str | os.PathLike) -> Path:
+    """Create the cache directory; EngineBuildError when it cannot be created or written."""
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineBuildError(f"cannot create engine cache directory {cache_dir}: {exc}; use a writable "
+                               "cache directory (rgbd-convert build --cache-dir, the runtime's cache_dir, "
+                               "e.g. the service's StateDirectory)") from exc
+    if not os.access(cache_dir, os.W_OK):
+        raise EngineBuildError(f"engine cache directory {cache_dir} is not writable; use a writable cache "
+                               "directory (rgbd-convert build --cache-dir, the runtime's cache_dir)")
+    return cache_dir
+
+
+@dataclass(frozen=True)
+class CachedEngine:
+    spec: EngineSpec
+    onnx: Path         # the graph the engine was (or would be) built from
+    engine: Path
+    sidecar: Path
+    built: bool        # False: reused from the cache
+
+
+def _log_stale(cache: Path, spec: EngineSpec, tag: str) -> None:
+    for old in _stale_engines(cache, spec):
+        meta = read_sidecar(sidecar_path(old)) or {}
+        diffs = [f"{k} {meta.get(k)!r} -> {v!r}" for k, v in spec.identity().items()
+                 if k != "key" and meta.get(k) != v]
+        log.info("%s: stale engine %s left in place, not reused (differs: %s)",
+                 tag, old.name, "; ".join(diffs) or "unreadable sidecar")
+
+
+def ensure_engine(onnx: str | os.PathLike, spec: EngineSpec, cache_dir: str | os.PathLike, *,
+                  workspace_mib: int = DEFAULT_WORKSPACE_MIB, force: bool = False, build_missing: bool = True,
+                  verbose: bool = False, int8_variant: bool = False, tag: str | None = None,
+                  lock: bool = True, built_by: str = "rgbd-edge", build_log_level: int = logging.INFO) -> CachedEngine:
+    """The engine for ``spec`` from ``cache_dir``, built from ``onnx`` when none matches.
+
+    A cached engine is reused only through :func:`find_engine` (every identity field and the
+    engine's own sha256 must match), so an engine for another ONNX, TensorRT version, GPU or
+    precision is never reused. ``spec.onnx_sha256`` must be the digest of ``onnx`` (the bundle's
+    listed, verified digest); the bytes are re-checked before a build.
+
+    ``build_missing=False``: EngineNotCachedError instead of building. ``lock``: hold the cache's
+    flock while looking again and building (pass False when the caller holds it already).
+    The build writes the engine and its sidecar atomically, engine first; the line announcing
+    it is logged at ``build_log_level`` (the runtime uses WARNING: a build takes minutes).
+    """
+    onnx = Path(onnx)
+    cache = Path(cache_dir)
+    tag = tag or spec.mode
+    precision = precision_name(spec.flags)
+    found = None if force else find_engine(cache, spec)
+    if found is not None:
+        return _reused(spec, onnx, found, workspace_mib, tag)
+    if not build_missing:
+        raise EngineNotCachedError(
+            f"no cached {precision} engine for mode '{spec.mode}' in {cache} matching ONNX sha256 "
+            f"{spec.onnx_sha256[:12]}..., TensorRT {spec.tensorrt_version}, GPU {spec.gpu_name} (sm "
+            f"{spec.compute_capability}); build it on this device (rgbd-convert build) or allow building")
+    prepare_cache_dir(cache)
+    with (cache_lock(cache) if lock else contextlib.nullcontext()):
+        if not force:  # another process may have built it while we waited for the lock
+            found = find_engine(cache, spec)
+            if found is not None:
+                return _reused(spec, onnx, found, workspace_mib, tag)
+        return _build(onnx, spec, cache, workspace_mib=workspace_mib, force=force, verbose=verbose,
+                      int8_variant=int8_variant, tag=tag, built_by=built_by, level=build_log_level)
+
+
+def _reused(spec: EngineSpec, onnx: Path, found: Path, workspace_mib: int, tag: str) -> CachedEngine:
+    meta = read_sidecar(sidecar_path(found)) or {}
+    if meta.get("workspace_mib") not in (None, workspace_mib):
+        log.info("%s: cached engine was built with workspace %s MiB (now %d); rgbd-convert build --force rebuilds it",
+                 tag, meta.get("workspace_mib"), workspace_mib)
+    log.info("%s: reusing cached %s engine %s", tag, precision_name(spec.flags), found)
+    return CachedEngine(spec, onnx, found, sidecar_path(found), built=False)
+
+
+def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, force: bool, verbose: bool,
+           int8_variant: bool, tag: str, built_by: str, level: int = logging.INFO) -> CachedEngine:
+    precision = precision_name(spec.flags)
+    gpu = GpuIdentity(spec.gpu_name, spec.compute_capability)
+    tcache = timing_cache_path(cache, spec.tensorrt_version, gpu)
+    eng = engine_path(cache, spec)
+    _log_stale(cache, spec, tag)
+    log.log(level, "%s: building %s engine from %s (sha256 %s…) for TensorRT %s on %s (sm %s)%s; this takes "
+            "minutes on a Jetson", tag, precision, onnx.name, spec.onnx_sha256[:12], spec.tensorrt_version,
+            spec.gpu_name, spec.compute_capability, " [force]" if force else "")
+    t0 = time.monotonic()
+    blob = build_engine(onnx, precision, workspace_mib, tcache, verbose=verbose, expected_sha256=spec.onnx_sha256)
+    seconds = time.monotonic() - t0
+    _atomic_write(eng, blob)
+    meta = spec.identity()
+    meta.update({
+        "onnx_file": onnx.name,
+        "onnx_path": str(onnx.resolve()),
+        "onnx_int8_variant": bool(int8_variant),
+        "workspace_mib": int(workspace_mib),
+        "engine_file": eng.name,
+        "engine_bytes": len(blob),
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "timing_cache": tcache.name,
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 3),
+        "built_by": built_by,
+        "python": sys.version.split()[0],
+    })
+    _atomic_write(sidecar_path(eng), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    log.info("%s: built in %.1f s -> %s (%.1f MiB)", tag, seconds, eng, len(blob) / (1 << 20))
+    return CachedEngine(spec, onnx, eng, sidecar_path(eng), built=True)

@@ -1,0 +1,215 @@
+"""Frame sources: a live RealSense camera, a RealSense recording (.bag/.db3) or a dataset folder
+replayed as frames. All yield :class:`edge.frames.Frame` through the :class:`Source` protocol.
+
+```python
+from edge.sources import open_source, FrameTimeout, EndOfStream
+with open_source({"type": "folder", "path": "data/", "split": "test"}) as src:
+    while True:
+        try:
+            frame = src.read(timeout_s=1.0)
+        except FrameTimeout:
+            continue
+        except EndOfStream:
+            break
+```
+
+``open_source(cfg)`` checks the configuration and builds the source; it does not touch the
+device or the files (``open()``, the ``with`` statement or the first ``read()`` does).
+Configuration keys and behaviour are described in docs/sources.md.
+
+pyrealsense2 is imported only when a RealSense source opens.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    COMMON_COUNTERS,
+    BaseSource,
+    EndOfStream,
+    FrameTimeout,
+    FrameTracker,
+    Source,
+    SourceConfigError,
+    SourceError,
+)
+
+__all__ = [
+    "COMMON_COUNTERS",
+    "DEFAULTS",
+    "FILTERS",
+    "SOURCE_TYPES",
+    "BaseSource",
+    "EndOfStream",
+    "FrameTimeout",
+    "FrameTracker",
+    "Source",
+    "SourceConfigError",
+    "SourceError",
+    "open_source",
+    "validate_source_config",
+]
+
+SOURCE_TYPES = ("realsense", "recording", "folder")
+#: librealsense post-processing filters we allow, in the order they are applied.
+FILTERS = ("spatial", "temporal", "hole_filling")
+RECORDING_SUFFIXES = (".bag", ".db3")
+
+#: Every accepted key per type with its default (``"path"`` is required where listed as None).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "realsense": {
+        "serial": None,               # None = the first camera found
+        "width": 640,
+        "height": 480,
+        "fps": 30,
+        "align_to_color": True,
+        "filters": [],
+        "hardware_reset": True,        # reset the camera before (re)starting it
+        "timeout_ms": 1000,            # one librealsense frame wait
+        "timeouts_before_reconnect": 3,  # consecutive frame-wait timeouts that trigger a reconnect
+        "reconnect_backoff_s": [0.5, 1, 2, 5, 10],  # delay before each reconnect attempt
+    },
+    "recording": {
+        "path": None,                  # .bag (ROS1, as librealsense writes it up to 2.57) or .db3
+        "realtime": False,             # False: every frame, as fast as read; True: at recorded pace
+        "loop": False,
+        "align_to_color": True,
+        "filters": [],
+    },
+    "folder": {
+        "path": None,                  # MVTec 3D-AD category folder or rgbd-folder dataset
+        "split": "test",
+        "fps": 0,                      # 0 = as fast as read
+        "loop": False,
+    },
+}
+
+
+def _describe(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _bool(d: dict, k: str) -> None:
+    if not isinstance(d[k], bool):
+        raise SourceConfigError(k, f"must be true or false, got {_describe(d[k])}")
+
+
+def _pos_int(d: dict, k: str) -> None:
+    v = d[k]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise SourceConfigError(k, f"must be a positive integer, got {_describe(v)}")
+
+
+def _number(d: dict, k: str, *, positive: bool) -> None:
+    v = d[k]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise SourceConfigError(k, f"must be a {'positive' if positive else 'non-negative'} number, got {_describe(v)}")
+
+
+def _path(d: dict, k: str) -> None:
+    v = d[k]
+    if v is None:
+        raise SourceConfigError(k, "missing required key (the file or folder to replay)")
+    if not isinstance(v, (str, os.PathLike)) or not str(v):
+        raise SourceConfigError(k, f"must be a path, got {_describe(v)}")
+    d[k] = str(v)
+
+
+def validate_source_config(cfg: Any) -> dict:
+    """Check a source configuration and return a new dict with every default filled in.
+
+    Raises :class:`SourceConfigError` (a ``ValueError``) naming the offending key for an unknown
+    type, an unknown key, a missing ``path`` or a value of the wrong type. Does not check that
+    files exist or that a camera is connected (``open()`` does).
+    """
+    if not isinstance(cfg, dict):
+        raise SourceConfigError("type", f"a source configuration must be a mapping, got {type(cfg).__name__}")
+    if "type" not in cfg or cfg["type"] is None:
+        raise SourceConfigError("type", f"missing required key (one of {', '.join(SOURCE_TYPES)})")
+    kind = cfg["type"]
+    if kind not in SOURCE_TYPES:
+        raise SourceConfigError("type", f"unknown source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}")
+    allowed = DEFAULTS[kind]
+    unknown = [k for k in cfg if k != "type" and k not in allowed]
+    if unknown:
+        import difflib
+
+        k = unknown[0]
+        close = difflib.get_close_matches(str(k), list(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SourceConfigError(str(k), f"unknown key for a '{kind}' source{hint} "
+                                        f"(accepted: {', '.join(allowed)})")
+    out: dict[str, Any] = {"type": kind}
+    for k, default in allowed.items():
+        v = cfg.get(k, default)
+        out[k] = list(v) if isinstance(v, (list, tuple)) else v
+
+    if kind == "realsense":
+        s = out["serial"]
+        if isinstance(s, int) and not isinstance(s, bool):
+            out["serial"] = str(s)  # YAML reads an unquoted serial as a number
+        elif s is not None and (not isinstance(s, str) or not s.strip()):
+            raise SourceConfigError("serial", f"must be the camera's serial number as a string, or null, got {_describe(s)}")
+        for k in ("width", "height", "fps", "timeouts_before_reconnect"):
+            _pos_int(out, k)
+        _number(out, "timeout_ms", positive=True)
+        for k in ("align_to_color", "hardware_reset"):
+            _bool(out, k)
+        b = out["reconnect_backoff_s"]
+        if not isinstance(b, list) or not b:
+            raise SourceConfigError("reconnect_backoff_s", f"must be a non-empty list of seconds, got {_describe(cfg.get('reconnect_backoff_s'))}")
+        for i, x in enumerate(b):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                raise SourceConfigError(f"reconnect_backoff_s[{i}]", f"must be a non-negative number of seconds, got {_describe(x)}")
+        out["reconnect_backoff_s"] = [float(x) for x in b]
+    elif kind == "recording":
+        _path(out, "path")
+        if Path(out["path"]).suffix.lower() not in RECORDING_SUFFIXES:
+            raise SourceConfigError("path", f"{out['path']}: a recording must be a {' or '.join(RECORDING_SUFFIXES)} file "
+                                            "(for a dataset folder use type 'folder')")
+        for k in ("realtime", "loop", "align_to_color"):
+            _bool(out, k)
+    else:  # folder
+        _path(out, "path")
+        if not isinstance(out["split"], str) or not out["split"]:
+            raise SourceConfigError("split", f"must be a split folder name such as 'test', got {_describe(out['split'])}")
+        _number(out, "fps", positive=False)
+        _bool(out, "loop")
+
+    if "filters" in out:
+        f = out["filters"]
+        if f is None:
+            f = out["filters"] = []
+        if not isinstance(f, list) or not all(isinstance(x, str) for x in f):
+            raise SourceConfigError("filters", f"must be a list of filter names ({', '.join(FILTERS)}), got {_describe(f)}")
+        for x in f:
+            if x == "decimation":
+                raise SourceConfigError(
+                    "filters", "'decimation' is not supported: it changes the depth resolution, so depth would no "
+                               "longer match the colour image and the model input; lower width/height instead")
+            if x not in FILTERS:
+                raise SourceConfigError("filters", f"unknown filter {x!r}; accepted: {', '.join(FILTERS)}")
+        if len(set(f)) != len(f):
+            raise SourceConfigError("filters", f"lists a filter twice: {f}")
+        out["filters"] = [x for x in FILTERS if x in f]  # librealsense's recommended order
+    return out
+
+
+def open_source(cfg: dict, **kwargs) -> BaseSource:
+    """Build the source ``cfg`` describes (checked by :func:`validate_source_config`).
+
+    The source is not opened yet: use ``with open_source(cfg) as src:``, call ``open()``, or just
+    ``read()`` (which opens a never-opened source). Keyword arguments (``sleep``, ``clock``, and
+    for RealSense ``starter``) are test hooks passed to the source class.
+    """
+    c = validate_source_config(cfg)
+    if c["type"] == "folder":
+        from .replay import FolderSource
+
+        return FolderSource(c, **kwargs)
+    from .realsense import RealSenseSource
+
+    return RealSenseSource(c, **kwargs)

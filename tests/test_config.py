@@ -1,0 +1,198 @@
+"""edge.config: the daemon's YAML configuration, checked at start with errors that name the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.config import (
+    Config,
+    ConfigError,
+    EngineConfig,
+    QueueConfig,
+    config_from_dict,
+    load_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "rgbd-edge.example.yaml"
+
+
+def minimal(tmp_path: Path, **over) -> dict:
+    (tmp_path / "replay").mkdir(exist_ok=True)
+    doc = {
+        "device_id": "line3-cam1",
+        "bundle": "bundle",
+        "source": {"type": "folder", "path": "replay"},
+        "sinks": {"jsonl": {"path": "out/results.jsonl"}},
+    }
+    doc.update(over)
+    return doc
+
+
+def write(tmp_path: Path, doc) -> Path:
+    p = tmp_path / "edge.yaml"
+    p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return p
+
+
+def error(tmp_path: Path, doc) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, doc))
+    return info.value
+
+
+# --------------------------------------------------------------------------- valid files
+
+
+def test_minimal_config_defaults_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, minimal(tmp_path)))
+    assert isinstance(cfg, Config)
+    assert cfg.device_id == "line3-cam1"
+    assert cfg.bundle == tmp_path.resolve() / "bundle"  # relative to the config file, not the cwd
+    assert cfg.source == {"type": "folder", "path": str(tmp_path.resolve() / "replay")}
+    assert cfg.source_type == "folder"
+    assert cfg.sinks == {"jsonl": {"path": str(tmp_path.resolve() / "out" / "results.jsonl")}}
+    assert cfg.engine == EngineConfig()
+    assert cfg.queues.capture == 4 and cfg.queues.results == 64
+    assert cfg.heatmaps.on_reject is True and cfg.heatmaps.jpeg_quality == 85
+    assert cfg.watchdog.enabled is True
+    assert cfg.log_level == "INFO"
+    assert cfg.fallback == {}
+    assert cfg.path == (tmp_path / "edge.yaml").resolve()
+
+
+def test_replays_exit_at_end_and_block_by_default_live_cameras_do_not(tmp_path):
+    replay = load_config(write(tmp_path, minimal(tmp_path)))
+    assert replay.exit_at_end is True and replay.queues.on_full == "block"
+    live = config_from_dict(minimal(tmp_path, source={"type": "realsense", "fps": 30}), base_dir=tmp_path)
+    assert live.exit_at_end is False and live.queues.on_full == "drop_oldest"
+    assert live.source == {"type": "realsense", "fps": 30}
+    forced = config_from_dict(minimal(tmp_path, source={"type": "folder", "path": "replay", "exit_at_end": False},
+                                      queues={"on_full": "drop_newest", "capture": 1}), base_dir=tmp_path)
+    assert forced.exit_at_end is False and forced.queues == QueueConfig(capture=1, on_full="drop_newest")
+    assert "exit_at_end" not in forced.source  # daemon-only keys are not passed to open_source
+
+
+def test_full_config(tmp_path):
+    doc = minimal(tmp_path, engine={"backend": "onnxruntime", "precision": "fp32", "threads": 2,
+                                    "cache_dir": "/var/lib/rgbd-edge/engines", "cuda": "pycuda"},
+                  fallback={"hold_good": 3}, queues={"capture": 2, "results": 8},
+                  heatmaps={"on_reject": False, "jpeg_quality": 70}, watchdog={"enabled": False},
+                  status={"interval_s": 2}, log_level="debug")
+    cfg = load_config(write(tmp_path, doc))
+    assert cfg.engine.backend == "onnxruntime" and cfg.engine.threads == 2 and cfg.engine.cuda == "pycuda"
+    assert cfg.engine.cache_dir == Path("/var/lib/rgbd-edge/engines")
+    assert cfg.fallback == {"hold_good": 3}
+    assert cfg.heatmaps.jpeg_quality == 70 and cfg.watchdog.enabled is False and cfg.status.interval_s == 2
+    assert cfg.log_level == "DEBUG"
+
+
+def test_example_config_in_systemd_dir_is_valid(tmp_path):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    # the example points at /etc and /var paths that do not exist here: check it with a live source
+    cfg = config_from_dict(doc, base_dir=tmp_path)
+    assert cfg.source_type == "realsense" and cfg.exit_at_end is False
+    assert set(cfg.sinks) >= {"mqtt", "gpio", "jsonl"}
+
+
+# --------------------------------------------------------------------------- errors name the key
+
+
+@pytest.mark.parametrize("over, key, words", [
+    ({"source": {"type": "realsense", "fps": "x"}}, "source.fps", "must be a positive integer, got 'x'"),
+    ({"source": {"type": "folder", "path": "replay", "fps": -1}}, "source.fps", "non-negative number"),
+    ({"source": {"type": "realsense", "fsp": 30}}, "source.fsp", "did you mean 'fps'"),
+    ({"source": {"type": "folder", "path": "replay", "loop": True, "exit_at_end": True}}, "source.exit_at_end",
+     "never ends"),
+    ({"source": {"type": "realsense", "fps": 0}}, "source.fps", "positive integer"),
+    ({"source": {"type": "kinect"}}, "source.type", "must be one of realsense, recording, folder"),
+    ({"source": {"type": "folder"}}, "source.path", "missing required key"),
+    ({"source": {"type": "folder", "path": "nowhere"}}, "source.path", "not found"),
+    ({"source": {"type": "folder", "path": "replay", "exit_at_end": "yes please"}}, "source.exit_at_end",
+     "true or false"),
+    ({"engine": {"backend": "tensorrtt"}}, "engine.backend", "did you mean 'tensorrt'"),
+    ({"engine": {"precision": "int4"}}, "engine.precision", "int8, fp16, fp32"),
+    ({"engine": {"threads": -1}}, "engine.threads", "positive integer"),
+    ({"queues": {"capture": 0}}, "queues.capture", "positive integer"),
+    ({"queues": {"on_full": "drop"}}, "queues.on_full", "drop_oldest"),
+    ({"heatmaps": {"jpeg_quality": 101}}, "heatmaps.jpeg_quality", "from 1 to 100"),
+    ({"heatmaps": {"on_reject": "sometimes"}}, "heatmaps.on_reject", "true or false"),
+    ({"watchdog": {"enabled": 1}}, "watchdog.enabled", "true or false"),
+    ({"log_level": "LOUD"}, "log_level", "DEBUG, INFO"),
+    ({"device_id": 42}, "device_id", "quote it"),
+    ({"sinks": {"jsonl": False}}, "sinks", "every sink is disabled"),
+    ({"sinks": None}, "sinks", "missing required section"),
+    ({"sinks": {"jsonl": "results.jsonl"}}, "sinks.jsonl", "must be a mapping"),
+    ({"fallback": {"hold_good": 0}}, "fallback.hold_good", "integer >= 1"),
+    ({"fallback": {"available_modes": ["rgb"]}}, "fallback.available_modes", "set from the bundle"),
+    ({"engine": ["onnxruntime"]}, "engine", "must be a mapping"),
+])
+def test_errors_name_the_dotted_key(tmp_path, over, key, words):
+    exc = error(tmp_path, minimal(tmp_path, **over))
+    assert exc.key == key
+    assert f": {key}: " in str(exc)
+    assert words in str(exc)
+    assert str(tmp_path / "edge.yaml") in str(exc)  # and the file
+
+
+@pytest.mark.parametrize("over, key, suggestion", [
+    ({"queue": {"capture": 2}}, "queue", "queues"),
+    ({"heatmap": {}}, "heatmap", "heatmaps"),
+    ({"engine": {"precison": "fp32"}}, "engine.precison", "precision"),
+    ({"queues": {"result": 8}}, "queues.result", "results"),
+    ({"sinks": {"jsonl": {"path": "r.jsonl"}, "mqqt": {}}}, "sinks.mqqt", "mqtt"),
+    ({"heatmaps": {"jpeg_qualty": 80}}, "heatmaps.jpeg_qualty", "jpeg_quality"),
+])
+def test_unknown_keys_are_errors_with_did_you_mean(tmp_path, over, key, suggestion):
+    exc = error(tmp_path, minimal(tmp_path, **over))
+    assert exc.key == key
+    assert "unknown key" in str(exc) and f"did you mean '{suggestion}'?" in str(exc)
+
+
+def test_missing_required(tmp_path):
+    doc = minimal(tmp_path)
+    del doc["bundle"]
+    assert error(tmp_path, doc).key == "bundle"
+    doc = minimal(tmp_path)
+    del doc["source"]
+    assert error(tmp_path, doc).key == "source"
+
+
+def test_fallback_keys_are_checked_by_the_fallback_module(tmp_path):
+    exc = error(tmp_path, minimal(tmp_path, fallback={"hold_goood": 3}))
+    assert exc.key == "fallback.hold_goood" and "unknown key" in str(exc)
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    assert "empty" in str(error(tmp_path, ""))
+    assert "mapping at the top level" in str(error(tmp_path, "- a\n- b\n"))
+    exc = error(tmp_path, "bundle: b\nsource: {type: folder, path: replay\n")
+    assert "not valid YAML" in str(exc) and "line" in str(exc)
+    exc = error(tmp_path, "bundle: a\nbundle: b\n")
+    assert "duplicate key 'bundle'" in str(exc)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_sink_sections_are_checked_by_the_sinks_module_and_paths_resolved(tmp_path):
+    (tmp_path / "mqtt.password").write_text("secret\n")
+    doc = minimal(tmp_path, sinks={"mqtt": {"host": "broker", "username": "edge", "password_file": "mqtt.password",
+                                            "outbox": {"path": "state/outbox.sqlite"}},
+                                   "gpio": {"backend": "simulated"}, "console": None, "jsonl": False})
+    cfg = load_config(write(tmp_path, doc))
+    root = tmp_path.resolve()
+    assert cfg.sinks["mqtt"]["password_file"] == str(root / "mqtt.password")
+    assert cfg.sinks["mqtt"]["outbox"] == {"path": str(root / "state" / "outbox.sqlite")}
+    assert cfg.sinks["console"] == {} and "jsonl" not in cfg.sinks
+
+    exc = error(tmp_path, minimal(tmp_path, sinks={"mqtt": {"port": 1883}}))
+    assert exc.key == "sinks.mqtt.host" and "required" in str(exc)
+    exc = error(tmp_path, minimal(tmp_path, sinks={"mqtt": {"host": "b", "qos": 3}}))
+    assert exc.key == "sinks.mqtt.qos"
+    exc = error(tmp_path, minimal(tmp_path, sinks={"jsonl": {"path": "r.jsonl", "enabled": False}}))
+    assert exc.key == "sinks" and "disabled" in str(exc)

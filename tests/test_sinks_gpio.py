@@ -1,0 +1,313 @@
+"""GPIO reject pulse: the schedule (simulated backend records timed edges) and the API calls the
+real backends make (fake Jetson.GPIO and gpiod modules; the real ones need the device).
+
+Edge times are checked relative to the requested capture time with a generous tolerance
+(the scheduler never fires early; late by at most TOL): behaviour, not speed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import pytest
+
+from edge.results import InspectionResult, Latency
+from edge.sinks import make_sinks
+from edge.sinks.gpio import GpioSink, SimulatedBackend, capture_monotonic_of, parse_gpio_config
+
+TOL = 0.05  # s
+EPS = 0.002  # s, clock granularity
+
+
+def result(seq: int, decision: str = "reject", **kw) -> InspectionResult:
+    score = {"pass": 0.1, "reject": 0.9, "no_decision": None}[decision]
+    return InspectionResult(device_id="cam1", seq=seq, mode="rgbd", reason="ok", score=score, threshold=0.5,
+                            decision=decision, **kw)
+
+
+def sim_sink(**cfg) -> GpioSink:
+    return GpioSink(parse_gpio_config({"backend": "simulated", **cfg}))
+
+
+def pulses(backend: SimulatedBackend, active_high: bool = True) -> list[tuple[float, float]]:
+    """(rise, fall) of every active period, from the recorded edges."""
+    on = 1 if active_high else 0
+    out, start = [], None
+    for t, v in backend.edges:
+        if v == on and start is None:
+            start = t
+        elif v != on and start is not None:
+            out.append((start, t))
+            start = None
+    return out
+
+
+def settle(sink: GpioSink, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = sink.stats()
+        if not st["scheduled"] and not st["active"]:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pulses still scheduled after {timeout_s} s: {sink.stats()}")
+
+
+def test_delay_and_width_from_capture_time():
+    sink = sim_sink(delay_ms=150, pulse_ms=80)
+    try:
+        cap = time.monotonic()
+        sink.publish(result(0), capture_monotonic=cap)
+        settle(sink)
+        (rise, fall), = pulses(sink.backend)
+        assert cap + 0.150 - EPS <= rise <= cap + 0.150 + TOL  # never early
+        assert fall - rise == pytest.approx(0.080, abs=TOL)
+        assert fall >= rise + 0.080 - EPS  # never shorter than asked
+        st = sink.stats()
+        assert st["pulses"] == 1 and st["late"] == 0 and st["requested"] == 1 and st["published"] == 1
+    finally:
+        sink.close()
+    assert sink.backend.level == 0 and not sink.backend.is_open
+
+
+def test_capture_time_reconstructed_from_result_wall_time_and_latency():
+    # made 40 ms ago, 60 ms after capture -> captured 100 ms ago
+    r = result(0, wall_time=time.time() - 0.040, latency=Latency(total_ms=60.0))
+    now = time.monotonic()
+    cap, step = capture_monotonic_of(r, now_mono=now, now_wall=r.wall_time + 0.040)
+    assert cap == pytest.approx(now - 0.100, abs=1e-6) and not step
+    # a wall clock that jumped an hour: only latency.total_ms is trusted
+    cap, step = capture_monotonic_of(r, now_mono=now, now_wall=r.wall_time + 3600)
+    assert cap == pytest.approx(now - 0.060, abs=1e-6) and step
+
+    sink = sim_sink(delay_ms=200, pulse_ms=50)
+    try:
+        t0 = time.monotonic()
+        r = result(1, wall_time=time.time() - 0.040, latency=Latency(total_ms=60.0))
+        sink.publish(r)  # the daemon's call: no capture time passed
+        settle(sink)
+        (rise, fall), = pulses(sink.backend)
+        expected = t0 - 0.100 + 0.200
+        assert expected - EPS - 0.01 <= rise <= expected + TOL
+    finally:
+        sink.close()
+
+
+def test_overlapping_pulses_merge():
+    sink = sim_sink(delay_ms=100, pulse_ms=100)
+    try:
+        cap = time.monotonic()
+        sink.publish(result(0), capture_monotonic=cap)
+        sink.publish(result(1), capture_monotonic=cap + 0.030)  # overlaps the first
+        sink.publish(result(2), capture_monotonic=cap + 0.400)  # separate
+        settle(sink)
+        p = pulses(sink.backend)
+        assert len(p) == 2
+        (r1, f1), (r2, f2) = p
+        assert cap + 0.100 - EPS <= r1 <= cap + 0.100 + TOL
+        assert f1 == pytest.approx(cap + 0.230, abs=TOL) and f1 >= cap + 0.230 - EPS  # one long pulse
+        assert cap + 0.500 - EPS <= r2 <= cap + 0.500 + TOL
+        st = sink.stats()
+        assert st["merged"] == 1 and st["pulses"] == 2 and st["requested"] == 3
+    finally:
+        sink.close()
+
+
+def test_merge_into_the_active_pulse():
+    sink = sim_sink(delay_ms=0, pulse_ms=150)
+    try:
+        cap = time.monotonic() + 0.020
+        sink.publish(result(0), capture_monotonic=cap)
+        time.sleep(0.080)  # the first pulse is on now
+        sink.publish(result(1), capture_monotonic=cap + 0.100)
+        settle(sink)
+        (rise, fall), = pulses(sink.backend)
+        assert fall >= cap + 0.250 - EPS and fall == pytest.approx(cap + 0.250, abs=TOL)
+        assert sink.stats()["merged"] == 1
+    finally:
+        sink.close()
+
+
+def test_late_pulse_fires_immediately_with_full_width_and_is_counted():
+    sink = sim_sink(delay_ms=50, pulse_ms=60)
+    try:
+        t_pub = time.monotonic()
+        sink.publish(result(0), capture_monotonic=t_pub - 1.0)  # due 950 ms ago
+        settle(sink)
+        (rise, fall), = pulses(sink.backend)
+        assert t_pub - EPS <= rise <= t_pub + TOL
+        assert fall - rise >= 0.060 - EPS
+        assert sink.stats()["late"] == 1
+    finally:
+        sink.close()
+
+
+def test_too_late_pulse_is_skipped_when_max_late_ms_is_set(caplog):
+    sink = sim_sink(delay_ms=50, pulse_ms=60, max_late_ms=100)
+    try:
+        sink.publish(result(0), capture_monotonic=time.monotonic() - 1.0)
+        sink.publish(result(1), capture_monotonic=time.monotonic() - 0.1)  # 50 ms late: fires
+        settle(sink)
+        assert len(pulses(sink.backend)) == 1
+        st = sink.stats()
+        assert st["skipped_too_late"] == 1 and st["late"] == 1
+        assert any("NO pulse" in r.getMessage() for r in caplog.records)
+    finally:
+        sink.close()
+
+
+def test_active_low_inverts_levels():
+    sink = sim_sink(delay_ms=20, pulse_ms=50, active_high=False)
+    try:
+        assert sink.backend.level == 1  # idle high
+        cap = time.monotonic()
+        sink.publish(result(0), capture_monotonic=cap)
+        settle(sink)
+        levels = [v for _, v in sink.backend.edges]
+        assert levels == [1, 0, 1]
+        (rise, fall), = pulses(sink.backend, active_high=False)
+        assert cap + 0.020 - EPS <= rise <= cap + 0.020 + TOL
+    finally:
+        sink.close()
+    assert sink.backend.level == 1
+
+
+def test_only_rejects_pulse_unless_no_decision_enabled():
+    sink = sim_sink(delay_ms=0, pulse_ms=20)
+    try:
+        now = time.monotonic()
+        sink.publish(result(0, "pass"), capture_monotonic=now)
+        sink.publish(result(1, "no_decision"), capture_monotonic=now)
+        time.sleep(0.1)
+        assert pulses(sink.backend) == [] and sink.stats()["requested"] == 0 and sink.stats()["published"] == 2
+    finally:
+        sink.close()
+    sink = sim_sink(delay_ms=0, pulse_ms=20, on_no_decision=True)
+    try:
+        sink.publish(result(0, "no_decision"), capture_monotonic=time.monotonic())
+        settle(sink)
+        assert len(pulses(sink.backend)) == 1
+    finally:
+        sink.close()
+
+
+def test_close_fires_pulses_due_soon_and_cancels_later_ones(caplog):
+    sink = sim_sink(delay_ms=100, pulse_ms=30)
+    cap = time.monotonic()
+    sink.publish(result(0), capture_monotonic=cap)          # due in 0.1 s: fired during close
+    sink.publish(result(1), capture_monotonic=cap + 10.0)   # due in 10 s: cancelled
+    sink.close(timeout_s=0.5)
+    assert len(pulses(sink.backend)) == 1
+    st = sink.stats()
+    assert st["cancelled"] == 1 and st["pulses"] == 1
+    assert any("cancelled" in r.getMessage() for r in caplog.records)
+    assert sink.backend.level == 0
+    sink.publish(result(2), capture_monotonic=time.monotonic())  # after close: counted, no raise
+    assert sink.stats()["cancelled"] == 2
+
+
+def test_backend_write_errors_are_counted_not_raised():
+    class Flaky(SimulatedBackend):
+        def set(self, active):
+            raise OSError("EIO")
+
+    sink = GpioSink(parse_gpio_config({"backend": "simulated", "pulse_ms": 10}), backend=Flaky())
+    try:
+        sink.publish(result(0), capture_monotonic=time.monotonic())
+        settle(sink)
+        assert sink.stats()["errors"] >= 1
+    finally:
+        sink.close()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"^sinks\.gpio\.pulse_width: unknown key"):
+        make_sinks({"gpio": {"backend": "simulated", "pulse_width": 5}}, "cam1")
+    with pytest.raises(ValueError, match=r"sinks\.gpio\.pin: required for backend jetson"):
+        make_sinks({"gpio": {"backend": "jetson"}}, "cam1")
+    with pytest.raises(ValueError, match=r"sinks\.gpio\.line: required for backend gpiod"):
+        make_sinks({"gpio": {"backend": "gpiod"}}, "cam1")
+    with pytest.raises(ValueError, match=r"sinks\.gpio\.pin: give either pin or line"):
+        make_sinks({"gpio": {"backend": "gpiod", "pin": 1, "line": 2}}, "cam1")
+    with pytest.raises(ValueError, match=r"sinks\.gpio\.backend: must be one of"):
+        make_sinks({"gpio": {"backend": "rpi"}}, "cam1")
+    with pytest.raises(ValueError, match=r"sinks\.gpio\.pulse_ms"):
+        make_sinks({"gpio": {"backend": "simulated", "pulse_ms": 0}}, "cam1")
+    c = parse_gpio_config({"pin": 33})
+    assert (c.backend, c.line, c.active_high, c.delay_ms, c.pulse_ms, c.on_no_decision) == \
+        ("jetson", 33, True, 0.0, 50.0, False)
+
+
+# --------------------------------------------------------------------------- real backends, faked libraries
+
+
+def test_jetson_backend_api_calls(monkeypatch):
+    calls = []
+    gpio = types.ModuleType("Jetson.GPIO")
+    gpio.BOARD, gpio.OUT, gpio.HIGH, gpio.LOW = "BOARD", "OUT", 1, 0
+    gpio.setwarnings = lambda flag: calls.append(("setwarnings", flag))
+    gpio.setmode = lambda mode: calls.append(("setmode", mode))
+    gpio.setup = lambda pin, direction, initial: calls.append(("setup", pin, direction, initial))
+    gpio.output = lambda pin, value: calls.append(("output", pin, value))
+    gpio.cleanup = lambda pin: calls.append(("cleanup", pin))
+    jetson = types.ModuleType("Jetson")
+    jetson.GPIO = gpio
+    monkeypatch.setitem(sys.modules, "Jetson", jetson)
+    monkeypatch.setitem(sys.modules, "Jetson.GPIO", gpio)
+
+    sink, = make_sinks({"gpio": {"backend": "jetson", "pin": 33, "active_high": False, "pulse_ms": 10}}, "cam1")
+    sink.publish(result(0), capture_monotonic=time.monotonic())
+    settle(sink)
+    sink.close()
+    assert calls[:3] == [("setwarnings", False), ("setmode", "BOARD"), ("setup", 33, "OUT", 1)]  # idle high
+    assert ("output", 33, 0) in calls and calls.index(("output", 33, 0)) < calls.index(("output", 33, 1))
+    assert calls[-2:] == [("output", 33, 1), ("cleanup", 33)]
+
+
+def test_gpiod_v2_backend_api_calls(monkeypatch):
+    calls = []
+
+    class Direction:
+        OUTPUT = "OUTPUT"
+
+    class Value:
+        ACTIVE, INACTIVE = "ACTIVE", "INACTIVE"
+
+    class LineSettings:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class Request:
+        def set_value(self, line, value):
+            calls.append(("set_value", line, value))
+
+        def release(self):
+            calls.append(("release",))
+
+    def request_lines(path, consumer=None, config=None):
+        (line, settings), = config.items()
+        calls.append(("request_lines", path, consumer, line, settings.kw))
+        return Request()
+
+    gpiod = types.ModuleType("gpiod")
+    gpiod.LineSettings, gpiod.request_lines = LineSettings, request_lines
+    line_mod = types.ModuleType("gpiod.line")
+    line_mod.Direction, line_mod.Value = Direction, Value
+    gpiod.line = line_mod
+    monkeypatch.setitem(sys.modules, "gpiod", gpiod)
+    monkeypatch.setitem(sys.modules, "gpiod.line", line_mod)
+
+    sink, = make_sinks({"gpio": {"backend": "gpiod", "chip": "/dev/gpiochip1", "line": 17, "pulse_ms": 10}}, "cam1")
+    sink.publish(result(0), capture_monotonic=time.monotonic())
+    settle(sink)
+    sink.close()
+    assert calls[0] == ("request_lines", "/dev/gpiochip1", "rgbd-edge", 17,
+                        {"direction": "OUTPUT", "output_value": "INACTIVE", "active_low": False})
+    assert calls[1:3] == [("set_value", 17, "ACTIVE"), ("set_value", 17, "INACTIVE")]
+    assert calls[-1] == ("release",)
+
+
+def test_missing_gpio_library_is_an_import_error_naming_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gpiod", None)
+    with pytest.raises(ImportError, match="gpiod"):
+        make_sinks({"gpio": {"backend": "gpiod", "line": 3}}, "cam1")
