@@ -73,8 +73,10 @@ def main(argv=None) -> int:
     if not recording.exists():
         from edge.sources.recorder import record_dataset
 
-        n = record_dataset(data, "test", recording, fps=30, stale_depth_every=9)
-        _step(f"recorded the test split as a RealSense recording: {recording} ({n} frames, every 9th depth frame stale)")
+        stale = range(20, 26)  # a burst of dropped depth frames: the fallback switches to rgb and back
+        n = record_dataset(data, "test", recording, fps=30, stale_depth_at=stale)
+        _step(f"recorded the test split as a RealSense recording: {recording} ({n} frames; depth frames "
+              f"{stale.start}-{stale.stop - 1} re-sent stale, as after a camera drop)")
 
     results = out / "results.jsonl"
     results.unlink(missing_ok=True)
@@ -103,6 +105,16 @@ def main(argv=None) -> int:
     modes = Counter(r["mode"] for r in rows)
     _step(f"{len(rows)} results in {results}: " + ", ".join(f"{k} {v}" for k, v in sorted(decisions.items()))
           + "; modes " + ", ".join(f"{k} {v}" for k, v in sorted(modes.items(), key=str)))
+    from edge.data import open_dataset
+
+    # The recording holds the test split in order: frame i is sample i, whose label is known.
+    labels = [r.label for r in open_dataset(data, "test")]
+    if len(labels) == len(rows):
+        bad = [r for r, lab in zip(rows, labels) if lab == 1]
+        good = [r for r, lab in zip(rows, labels) if lab == 0]
+        print(f"   defective parts rejected: {sum(r['decision'] == 'reject' for r in bad)}/{len(bad)}; "
+              f"good parts rejected: {sum(r['decision'] == 'reject' for r in good)}/{len(good)} "
+              f"(thresholds are set for a 1 % false-reject rate on normal parts)")
     return 0
 
 

@@ -100,15 +100,16 @@ def _chain(first, rest):
     yield from rest
 
 
-def record_dataset(root, split: str, out, fps: int = 30, stale_depth_every: int = 0, limit: int = 0) -> int:
+def record_dataset(root, split: str, out, fps: int = 30, stale_depth_at=(), limit: int = 0) -> int:
     """A data set split (MVTec 3D-AD or rgbd-folder) as a .db3 recording, frames in split order.
 
-    Frames must share one size. stale_depth_every=N re-sends every N-th depth frame stale.
+    Frames must share one size. stale_depth_at: frame indices whose depth is re-sent stale.
+    (librealsense playback loses a last frameset whose depth is stale: keep them inside.)
     """
     from edge.data import open_dataset
 
     refs = open_dataset(root, split)
     if limit:
         refs = refs[:limit]
-    stale = set(range(stale_depth_every, len(refs), stale_depth_every)) if stale_depth_every else set()
-    return write_recording(out, ((s.rgb, s.depth) for s in (r.load() for r in refs)), fps=fps, stale_depth_at=stale)
+    return write_recording(out, ((s.rgb, s.depth) for s in (r.load() for r in refs)), fps=fps,
+                           stale_depth_at=set(stale_depth_at))
