@@ -23,7 +23,7 @@ from edge.sources import (
     open_source,
     validate_source_config,
 )
-from edge.sources.base import FrameTracker, COMMON_COUNTERS
+from edge.sources.base import COMMON_COUNTERS, FrameTracker
 from edge.sources.realsense import RealSenseSession, RealSenseSource
 
 REAL_BAG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "realsense" / "single_depth_color_640x480.bag"
@@ -116,6 +116,12 @@ def read_all(src, limit=100) -> list[Frame]:
     raise AssertionError(f"no EndOfStream after {limit} frames")
 
 
+def recording_depth_scale(path) -> float:
+    """The depth scale the source read from the recording's depth sensor."""
+    with open_source({"type": "recording", "path": str(path)}) as s:
+        return s.session.depth_scale
+
+
 @pytest.fixture(scope="module")
 def plain_recording(tmp_path_factory):
     path = tmp_path_factory.mktemp("rec") / "plain.db3"
@@ -136,9 +142,7 @@ def test_recording_pixel_exact_through_the_pipeline(plain_recording):
     src = open_source({"type": "recording", "path": str(path), "align_to_color": False})
     assert isinstance(src, RealSenseSource) and isinstance(src, Source)
     frames = read_all(src)
-    scale = src.session is None and None  # closed by now; the scale is checked below via a reopen
-    with open_source({"type": "recording", "path": str(path), "align_to_color": False}) as again:
-        scale = again.session.depth_scale
+    scale = recording_depth_scale(path)
     assert scale == pytest.approx(DEPTH_UNITS, rel=1e-6)  # the recording's own depth scale, not 0.001
 
     assert [(f.color_frame_number, f.depth_frame_number) for f in frames] == [(0, 0), (1, 1), (2, 2), (3, 3)]
@@ -193,12 +197,7 @@ def test_recording_stale_depth_is_passed_through_and_counted(stale_recording):
     stale = frames[2]
     assert stale.depth_timestamp_ms == frames[1].depth_timestamp_ms  # stale timestamp passed through
     np.testing.assert_array_equal(stale.rgb, colors[2])
-    np.testing.assert_array_equal(stale.depth, depths[1].astype(np.float32) * np.float32(src_scale(path)))
-
-
-def src_scale(path) -> float:
-    with open_source({"type": "recording", "path": str(path)}) as s:
-        return s.session.depth_scale
+    np.testing.assert_array_equal(stale.depth, depths[1].astype(np.float32) * np.float32(recording_depth_scale(path)))
 
 
 def test_recording_depth_is_aligned_to_colour(tmp_path):
@@ -242,8 +241,8 @@ def test_recording_loop_wraps_frame_numbers(plain_recording):
     src = open_source({"type": "recording", "path": str(path), "loop": True})
     with src:
         nums = [src.read(timeout_s=2.0).depth_frame_number for _ in range(10)]
-    assert nums[:4] == [0, 1, 2, 3]
-    assert 0 in nums[4:] and len(nums) == 10  # wrapped, no EndOfStream
+    assert nums == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # played again from the start, no EndOfStream
+    assert src.stats()["loops"] == 2 and src.stats()["duplicates"] == 0
 
 
 def test_recording_missing_or_corrupt_file(tmp_path):

@@ -92,11 +92,6 @@ class RealSenseSession:
     description: str = ""
 
     def stop(self) -> None:
-        if self.playback is not None:
-            try:  # a playback still running while the pipeline stops can crash librealsense's reader
-                self.playback.pause()
-            except Exception as e:  # noqa: BLE001
-                log.debug("playback.pause(): %s", e)
         try:
             self.pipeline.stop()
         except Exception as e:  # noqa: BLE001 - stopping a dead pipeline must not raise
@@ -106,7 +101,7 @@ class RealSenseSession:
 class RealSenseSource(BaseSource):
     """Live camera (``type: realsense``) or recording (``type: recording``); see the module doc."""
 
-    extra_counters = ("reconnect_attempts", "unaligned_depth")
+    extra_counters = ("reconnect_attempts", "unaligned_depth", "loops")
 
     def __init__(self, cfg: dict, *, sleep: Callable[[float], None] | None = None,
                  clock: Callable[[], float] | None = None,
@@ -223,7 +218,7 @@ class RealSenseSource(BaseSource):
         pipeline = rs.pipeline()
         config = rs.config()
         try:
-            config.enable_device_from_file(str(path), repeat_playback=self.cfg["loop"])
+            config.enable_device_from_file(str(path), repeat_playback=False)  # loop: see _restart_recording
             # Resolve first: start() reuses the playback device this loads into the pipeline's
             # context, so real-time mode is set before the first frame plays. Setting it only
             # after start() races the playback thread and loses the first frames (measured).
@@ -245,7 +240,7 @@ class RealSenseSource(BaseSource):
         if not streams:
             RealSenseSession(pipeline=pipeline).stop()
             raise SourceError(f"{self.name}: no depth or colour stream "
-                                  f"({'in ' + str(self.path) if self.path else 'on the camera'})")
+                              f"({'in ' + str(self.path) if self.path else 'on the camera'})")
         depth_scale = None
         try:
             depth_scale = float(profile.get_device().first_depth_sensor().get_depth_scale())
@@ -293,6 +288,9 @@ class RealSenseSource(BaseSource):
                 return frame
             log.debug("%s: duplicate frameset (colour %d, depth %d) not delivered", self.name,
                       frame.color_frame_number, frame.depth_frame_number)
+            if self._clock() >= deadline:
+                self._counters["timeouts"] += 1
+                raise FrameTimeout(f"{self.name}: only a repeated frameset within the timeout")
 
     def _wait_live(self, deadline: float, budget: list) -> Any:
         timeout_ms = float(self.cfg["timeout_ms"])
@@ -343,12 +341,27 @@ class RealSenseSource(BaseSource):
                 ok, fs = pipeline.try_wait_for_frames(2 * PLAYBACK_POLL_MS)
                 if ok:
                     return fs
+                if self.cfg["loop"]:
+                    self._restart_recording()
+                    pipeline = self._session.pipeline
+                    continue
                 self._state = "ended"
                 log.info("%s: end of recording (%d frames delivered)", self.name, self._counters["frames"])
                 raise EndOfStream(f"{self.name}: end of recording {self.path}")
             if budget[0] <= 0 or self._clock() >= deadline:
                 self._counters["timeouts"] += 1
                 raise FrameTimeout(f"{self.name}: no frame from {self.path} within the timeout")
+
+    def _restart_recording(self) -> None:
+        """``loop``: play the file again with a fresh pipeline once it has ended. (librealsense's own
+        ``repeat_playback`` is not used: stopping a pipeline while its playback wraps around
+        occasionally crashes librealsense 2.59 in its reader thread, measured with short files.)"""
+        self._session.stop()
+        self._session = None
+        self._session = self._start()
+        self._tracker.reset()  # a new pass: its first frame is not a duplicate of the last one
+        self._counters["loops"] += 1
+        log.debug("%s: end of recording, playing it again (loop %d)", self.name, self._counters["loops"])
 
     def _playback_stopped(self) -> bool:
         pb = self._session.playback
