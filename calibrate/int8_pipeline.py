@@ -24,7 +24,7 @@ def load_split(data, split: str, params, progress: bool, limit: int = 0):
     return prepare(_evenly(load_raw(data, split, progress), limit), params, progress, f"preprocess {split}")
 
 
-def _validation(data, params, progress):
+def validation_split(data, params, progress):
     try:
         return load_split(data, "validation", params, progress), "validation"
     except (FileNotFoundError, ValueError):
@@ -39,7 +39,7 @@ def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples
     mode = onnx_path.name.split(".")[0]
     calib = load_split(data, "train", params, progress, n_samples)
     feeds = [calib.feed(i, names) for i in range(len(calib))]
-    val, val_name = _validation(data, params, progress)
+    val, val_name = validation_split(data, params, progress)
     ref_maps, ref_scores = run_split(onnx_path, val, progress=progress, desc="fp32 validation")
 
     candidates, best = [], None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from .int8_pipeline import _validation, load_split
+from .int8_pipeline import validation_split, load_split
 from .onnx_eval import run_split
 from .thresholds import ModeThreshold, detection_report, mode_threshold
 
@@ -30,7 +30,7 @@ def thresholds_for_export(export_dir, data, target_frr=0.01, pixel_fpr=1e-3, pre
     if not pre.is_file():
         raise FileNotFoundError(f"{pre} not found: is {export_dir} an rgbd-convert export?")
     params = PreprocessParams.from_dict(yaml.safe_load(pre.read_text()))
-    val, _ = _validation(data, params, progress)
+    val, _ = validation_split(data, params, progress)
     try:
         test = load_split(data, "test", params, progress)
     except (FileNotFoundError, ValueError):
