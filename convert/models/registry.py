@@ -20,6 +20,7 @@ def register_model(name: str):
 
 def _import_all() -> None:
     from . import rd  # noqa: F401
+    from . import dbrn  # noqa: F401
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -1,0 +1,532 @@
+"""DBRN: Dual-Branch Reconstruction Network for RGB-D anomaly detection.
+
+After Bi, Li, Luo, "Dual-Branch Reconstruction Network for Industrial Anomaly
+Detection with RGB-D Data". Plain torch.nn, written for a static ONNX graph
+that TensorRT 10.3 parses (see docs/models.md, section `dbrn`):
+
+* Two Swin-UNet branches (RGB, and the 3-channel depth encoding) reconstruct
+  the anomaly-free input at several scales (full, 1/2, 1/4 resolution).
+  Window attention uses reshape/permute window partitions, torch.roll for the
+  shift, a learned relative-position-bias table gathered with a precomputed
+  index buffer and the shifted-window attention mask as a buffer.
+* The Importance Scoring Module (ISM) embeds (original, reconstruction) per
+  modality (each channel embedded singly with a shared convolution, then
+  averaged), and two conv-BN layers on the concatenated features give
+  softmax weights W_rgb, W_d: fused = F_rgb * W_rgb + F_d * W_d.
+* One UNet discriminator, shared across scales, turns the fused features
+  (bilinearly upsampled to S) into mask logits; the scales are averaged.
+  Map = GaussianBlur(sigmoid(logits)), score = max of a 21 x 21 average pool.
+
+Missing modality (edge addition): the absent stream's placeholder (zeros) is
+fed to the ISM as both original and reconstruction, so its difference is zero
+and the evidence comes from the other stream; training teaches this by
+feeding, at random, one modality's original twice (`training_forward`).
+
+Dropout: the paper keeps encoder dropout at test time; a stochastic graph
+cannot be exported or thresholded reproducibly, so eval mode (and every
+exported graph) is deterministic with dropout off.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import GaussianBlur, conv_bn_act
+from .rd import MODES, PRESENT
+from .registry import register_model
+
+MODALITIES = ("rgb", "depth")
+
+
+@dataclass
+class DBRNConfig:
+    image_size: int = 256
+    embed_dim: int = 32
+    depths: tuple[int, ...] = (1, 1, 2, 1)  # encoder stages (last = bottleneck); decoder mirrors all but the last
+    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    window_size: int = 8
+    patch_size: int = 4
+    mlp_ratio: float = 2.0
+    encoder_dropout: tuple[float, ...] = (0.6, 0.4, 0.2)  # on encoder outputs / skips, stage 0 first
+    scales: tuple[int, ...] = (1, 2, 4)  # reconstruction heads at S / s
+    ism_dim: int = 32
+    ism_patch: int = 2
+    disc_channels: int = 16
+    disc_stride: int = 1  # discriminator runs at S / disc_stride (1 = paper); logits resized to S
+    smooth_sigma: float = 4.0
+    score_pool: int = 21
+    foreground_dilate: int = 15
+    mask_maps_with_foreground: bool = True
+    # losses
+    lambda_bg: float = 1.0
+    lambda_fg: float = 4.0
+    lambda_anomaly: float = 10.0
+    lambda_ssim: float = 1.0
+    lambda_focal: float = 1.0
+    focal_gamma: float = 2.0
+    swap_prob: float = 0.3  # ISM trick: probability that one modality's original is fed twice
+
+    def __post_init__(self):
+        if len(self.num_heads) != len(self.depths):
+            raise ValueError(f"dbrn config: num_heads {list(self.num_heads)} must have one entry per stage "
+                             f"of depths {list(self.depths)}")
+        for s in self.scales:
+            if self.patch_size % s:
+                raise ValueError(f"dbrn config: scale {s} must divide patch_size {self.patch_size}")
+        down = self.patch_size * 2 ** (len(self.depths) - 1)
+        if self.image_size % down or self.image_size % (4 * self.disc_stride):
+            raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DBRNConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown dbrn config key(s): {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @classmethod
+    def published(cls, **kw) -> "DBRNConfig":
+        """Swin-T-like branches as in the paper (window 8 instead of 7 so 256 / 4 tiles)."""
+        base = dict(embed_dim=96, depths=(2, 2, 4, 2), num_heads=(3, 6, 12, 24), window_size=8, patch_size=4,
+                    mlp_ratio=4.0, encoder_dropout=(0.6, 0.4, 0.2), ism_dim=64, disc_channels=64)
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
+    def edge(cls, **kw) -> "DBRNConfig":
+        """Small enough to train on a 2-core CPU and run fast on a Jetson."""
+        base = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=8, patch_size=4,
+                    mlp_ratio=2.0, ism_dim=32, disc_channels=16, disc_stride=2)
+        base.update(kw)
+        return cls(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Swin blocks (tokens kept as N x H x W x C; all shapes are Python ints -> static graph)
+# ---------------------------------------------------------------------------------------------
+def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
+    _, h, wd, c = x.shape
+    x = x.reshape(-1, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, w * w, c)
+
+
+def window_reverse(x: torch.Tensor, w: int, h: int, wd: int) -> torch.Tensor:
+    c = x.shape[-1]
+    x = x.reshape(-1, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, wd, c)
+
+
+def relative_position_index(w: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)  # 2 x L
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)  # L x L x 2
+    return (rel[..., 0] * (2 * w - 1) + rel[..., 1]).flatten()  # L*L
+
+
+def shifted_window_mask(res: int, w: int, shift: int) -> torch.Tensor:
+    img = torch.zeros(1, res, res, 1)
+    cnt = 0
+    for hs in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
+        for ws in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    win = window_partition(img, w).squeeze(-1)  # nW x L
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))  # nW x L x L
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, w: int):
+        super().__init__()
+        self.heads, self.w, self.hd = heads, w, dim // heads
+        self.scale = self.hd ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(torch.zeros((2 * w - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.bias_table, std=0.02)
+        self.register_buffer("bias_index", relative_position_index(w), persistent=False)
+
+    def forward(self, x, mask: torch.Tensor | None):
+        L, h, hd = x.shape[1], self.heads, self.hd
+        qkv = self.qkv(x).reshape(-1, L, 3, h, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW x h x L x L
+        bias = self.bias_table[self.bias_index].reshape(L, L, h).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = (attn.reshape(-1, nw, h, L, L) + mask.reshape(1, nw, 1, L, L)).reshape(-1, h, L, L)
+        attn = attn.softmax(-1)
+        out = (attn @ v).transpose(1, 2).reshape(-1, L, h * hd)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, res: int, window: int, shift: bool, mlp_ratio: float):
+        super().__init__()
+        self.w = min(window, res)
+        self.shift = self.w // 2 if (shift and res > window) else 0
+        self.res = res
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, self.w)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        if self.shift:
+            self.register_buffer("attn_mask", shifted_window_mask(res, self.w, self.shift), persistent=False)
+        else:
+            self.attn_mask = None
+
+    def forward(self, x):  # N x H x W x C
+        r, w, s = self.res, self.w, self.shift
+        y = self.norm1(x)
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        y = window_reverse(self.attn(window_partition(y, w), self.attn_mask), w, r, r)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class SwinStage(nn.Sequential):
+    def __init__(self, dim, depth, heads, res, window, mlp_ratio):
+        super().__init__(*[SwinBlock(dim, heads, res, window, i % 2 == 1, mlp_ratio) for i in range(depth)])
+
+
+class PatchMerging(nn.Module):
+    """N x H x W x C -> N x H/2 x W/2 x 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        _, h, w, c = x.shape
+        x = x.reshape(-1, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(-1, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class PatchExpand(nn.Module):
+    """N x H x W x C -> N x fH x fW x C_out (linear + pixel shuffle by reshape, then LayerNorm)."""
+
+    def __init__(self, dim: int, factor: int, out_dim: int):
+        super().__init__()
+        self.f, self.out_dim = factor, out_dim
+        self.expand = nn.Linear(dim, factor * factor * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x):
+        _, h, w, _ = x.shape
+        f, c = self.f, self.out_dim
+        x = self.expand(x).reshape(-1, h, w, f, f, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, h * f, w * f, c)
+        return self.norm(x)
+
+
+class SwinUNet(nn.Module):
+    """One reconstruction branch: image -> reconstructions at S / s for s in cfg.scales."""
+
+    def __init__(self, cfg: DBRNConfig, in_ch: int = 3):
+        super().__init__()
+        p, c0, n = cfg.patch_size, cfg.embed_dim, len(cfg.depths)
+        r0 = cfg.image_size // p
+        self.patch_embed = nn.Conv2d(in_ch, c0, p, p)
+        self.embed_norm = nn.LayerNorm(c0)
+        dims = [c0 * 2 ** i for i in range(n)]
+        ress = [r0 // 2 ** i for i in range(n)]
+        self.enc = nn.ModuleList(
+            SwinStage(dims[i], cfg.depths[i], cfg.num_heads[i], ress[i], cfg.window_size, cfg.mlp_ratio) for i in range(n)
+        )
+        self.merge = nn.ModuleList(PatchMerging(dims[i]) for i in range(n - 1))
+        drops = list(cfg.encoder_dropout) + [0.0] * n
+        self.drop = nn.ModuleList(nn.Dropout(drops[i]) for i in range(n - 1))
+        self.enc_norm = nn.LayerNorm(dims[-1])
+        self.up = nn.ModuleList(PatchExpand(dims[i + 1], 2, dims[i]) for i in range(n - 1))
+        self.concat = nn.ModuleList(nn.Linear(2 * dims[i], dims[i]) for i in range(n - 1))
+        self.dec = nn.ModuleList(
+            SwinStage(dims[i], cfg.depths[i], cfg.num_heads[i], ress[i], cfg.window_size, cfg.mlp_ratio) for i in range(n - 1)
+        )
+        self.dec_norm = nn.LayerNorm(c0)
+        self.scales = tuple(cfg.scales)
+        self.head_expand = nn.ModuleList(PatchExpand(c0, p // s, c0) for s in self.scales)
+        self.head_out = nn.ModuleList(nn.Conv2d(c0, in_ch, 1) for _ in self.scales)
+
+    def forward(self, x) -> list[torch.Tensor]:
+        x = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))
+        skips = []
+        for i, stage in enumerate(self.enc):
+            x = stage(x)
+            if i < len(self.merge):
+                x = self.drop[i](x)  # dropout on encoder outputs / skips (off in eval mode)
+                skips.append(x)
+                x = self.merge[i](x)
+        x = self.enc_norm(x)
+        for i in reversed(range(len(self.dec))):
+            x = self.up[i](x)
+            x = self.concat[i](torch.cat([x, skips[i]], -1))
+            x = self.dec[i](x)
+        x = self.dec_norm(x)
+        return [out(ex(x).permute(0, 3, 1, 2)) for ex, out in zip(self.head_expand, self.head_out)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance Scoring Module and discriminator
+# ---------------------------------------------------------------------------------------------
+class PairEmbed(nn.Module):
+    """(original, reconstruction) N x C x H x W each -> N x D x H/p x W/p; channels embedded singly
+    with one shared convolution and averaged."""
+
+    def __init__(self, dim: int, patch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2, dim, patch, patch, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+        self.dim = dim
+
+    def forward(self, orig, recon):
+        _, c, h, w = orig.shape
+        x = torch.stack([orig, recon], 2).reshape(-1, 2, h, w)  # N*C x 2 x H x W
+        f = self.bn(self.conv(x))
+        return F.relu(f.reshape(-1, c, self.dim, f.shape[-2], f.shape[-1]).mean(1))
+
+
+class ImportanceScoring(nn.Module):
+    def __init__(self, dim: int, patch: int):
+        super().__init__()
+        self.embed = nn.ModuleList(PairEmbed(dim, patch) for _ in MODALITIES)
+        self.w1 = conv_bn_act(2 * dim, dim, 3)
+        self.w2 = nn.Sequential(nn.Conv2d(dim, 2, 3, 1, 1, bias=False), nn.BatchNorm2d(2))
+
+    def forward(self, rgb_pair, depth_pair):
+        f_rgb = self.embed[0](*rgb_pair)
+        f_d = self.embed[1](*depth_pair)
+        wts = self.w2(self.w1(torch.cat([f_rgb, f_d], 1))).softmax(1)
+        return f_rgb * wts[:, 0:1] + f_d * wts[:, 1:2], wts
+
+
+class UNetDiscriminator(nn.Module):
+    """Three-level UNet: features N x D x S x S -> mask logits N x 1 x S x S."""
+
+    def __init__(self, cin: int, c: int):
+        super().__init__()
+
+        def block(a, b):
+            return nn.Sequential(conv_bn_act(a, b, 3), conv_bn_act(b, b, 3))
+
+        self.e1, self.e2, self.e3 = block(cin, c), block(c, 2 * c), block(2 * c, 4 * c)
+        self.d2, self.d1 = block(4 * c + 2 * c, 2 * c), block(2 * c + c, c)
+        self.out = nn.Conv2d(c, 1, 1)
+
+    def forward(self, x):
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool2d(e1, 2))
+        e3 = self.e3(F.max_pool2d(e2, 2))
+        d2 = self.d2(torch.cat([F.interpolate(e3, scale_factor=2.0, mode="bilinear", align_corners=False), e2], 1))
+        d1 = self.d1(torch.cat([F.interpolate(d2, scale_factor=2.0, mode="bilinear", align_corners=False), e1], 1))
+        return self.out(d1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM per sample (N), Gaussian window, per channel. Inputs of any range: constants from the
+    dynamic range of b (clamped away from zero)."""
+    c = a.shape[1]
+    size = min(size, a.shape[-1] - (1 - a.shape[-1] % 2))
+    win = _gauss_window(size, sigma).to(a).repeat(c, 1, 1, 1)
+    rng = (b.amax((1, 2, 3)) - b.amin((1, 2, 3))).clamp_min(1e-3).view(-1, 1, 1, 1)
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+
+    def filt(x):
+        return F.conv2d(x, win, padding=size // 2, groups=c)
+
+    mu_a, mu_b = filt(a), filt(b)
+    saa = filt(a * a) - mu_a ** 2
+    sbb = filt(b * b) - mu_b ** 2
+    sab = filt(a * b) - mu_a * mu_b
+    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return m.flatten(1).mean(1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    return ((1 - pt) ** gamma * ce).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+class DBRN(nn.Module):
+    def __init__(self, cfg: DBRNConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or DBRNConfig.edge()
+        self.branches = nn.ModuleList(SwinUNet(cfg) for _ in MODALITIES)
+        self.ism = ImportanceScoring(cfg.ism_dim, cfg.ism_patch)
+        self.disc = UNetDiscriminator(cfg.ism_dim, cfg.disc_channels)
+        self.blur = GaussianBlur(cfg.smooth_sigma)
+        # Image-score statistics on normal validation data: [mode, "fused"] -> mean, std.
+        self.register_buffer("score_mean", torch.zeros(len(MODES), 1))
+        self.register_buffer("score_std", torch.ones(len(MODES), 1))
+
+    # -- shared pieces ---------------------------------------------------------------------------
+    def _down(self, x, s: int):
+        return x if s == 1 else F.avg_pool2d(x, s)
+
+    def _mask_logits(self, rgb_pairs, depth_pairs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per scale: ISM on the pairs at that scale, fused features to S, shared discriminator."""
+        size = self.cfg.image_size
+        dsize = size // self.cfg.disc_stride
+        logits, weights = [], []
+        for s, rp, dp in zip(self.cfg.scales, rgb_pairs, depth_pairs):
+            fused, w = self.ism(rp, dp)
+            if size // (s * self.cfg.ism_patch) != dsize:  # Python ints: no tracer branch
+                fused = F.interpolate(fused, size=(dsize, dsize), mode="bilinear", align_corners=False)
+            lg = self.disc(fused)
+            if dsize != size:
+                lg = F.interpolate(lg, size=(size, size), mode="bilinear", align_corners=False)
+            logits.append(lg)
+            weights.append(w)
+        return logits, weights
+
+    def dilate_foreground(self, fg):
+        if fg is None or not self.cfg.mask_maps_with_foreground:
+            return None
+        k = self.cfg.foreground_dilate
+        fg = F.max_pool2d(fg, (1, k), 1, (0, k // 2))
+        return F.max_pool2d(fg, (k, 1), 1, (k // 2, 0))
+
+    def image_score(self, amap):
+        k = min(self.cfg.score_pool, self.cfg.image_size)
+        pooled = F.avg_pool2d(amap, k, 1, k // 2, count_include_pad=False) if k > 1 else amap
+        return pooled.flatten(1).amax(1)
+
+    # -- inference -------------------------------------------------------------------------------
+    def forward(self, rgb=None, depth=None, fg=None, mode: str = "rgbd"):
+        """Returns (fused map N x 1 x S x S, score N, raw dict) like rd.
+
+        A missing stream (mode without it, or None) is a zero placeholder fed to the ISM as both
+        original and reconstruction."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        use_rgb, use_depth = PRESENT[mode]
+        use_rgb, use_depth = use_rgb and rgb is not None, use_depth and depth is not None
+        if not (use_rgb or use_depth):
+            raise ValueError(f"dbrn mode {mode!r}: no input stream given")
+        ref = rgb if use_rgb else depth
+        raw = {}
+        pairs = []
+        for k, (x, use) in enumerate(((rgb, use_rgb), (depth, use_depth))):
+            name = MODALITIES[k]
+            if use:
+                recons = self.branches[k](x)
+                pairs.append([(self._down(x, s), r) for s, r in zip(self.cfg.scales, recons)])
+                raw[f"recon_{name}"] = recons[0]
+            else:
+                ph = torch.zeros_like(ref)
+                pairs.append([(self._down(ph, s), self._down(ph, s)) for s in self.cfg.scales])
+            raw[f"ism_pairs_{name}"] = pairs[-1]
+        logits, weights = self._mask_logits(pairs[0], pairs[1])
+        amap = torch.sigmoid(sum(logits) / len(logits))
+        amap = self.blur(amap)
+        mask = self.dilate_foreground(fg) if use_depth else None
+        if mask is not None:
+            amap = amap * mask
+        raw["fused"] = amap
+        raw["ism_weights"] = weights[0]
+        mi = MODES.index(mode)
+        fused = (amap - self.score_mean[mi, 0]) / self.score_std[mi, 0]
+        return fused, self.image_score(fused), raw
+
+    def set_score_stats(self, mode: str, modality: str, mean: float, std: float) -> None:
+        if modality not in ("fused", *MODALITIES):
+            raise ValueError(f"dbrn score stats: modality must be 'fused', 'rgb' or 'depth', got {modality!r}")
+        # DBRN has one fused map per mode: every modality name sets the same statistics.
+        self.score_mean[MODES.index(mode), 0] = float(mean)
+        self.score_std[MODES.index(mode), 0] = max(float(std), 1e-6)
+
+    def trainable_parameters(self):
+        return self.parameters()
+
+    # -- training --------------------------------------------------------------------------------
+    def training_forward(self, rgb, depth, fg, rgb_aug, depth_aug, swap=None) -> dict:
+        """Reconstruct the clean inputs from the (synthetically) anomalous ones and predict the mask.
+
+        swap: per-sample int tensor (N) in {0: original/reconstruction for both, 1: RGB original
+        twice, 2: depth original twice}; None draws it (cfg.swap_prob, split evenly over 1 and 2).
+        """
+        n = rgb.shape[0]
+        if swap is None:
+            u = torch.rand(n, device=rgb.device)
+            p = self.cfg.swap_prob
+            swap = torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
+        swap = torch.as_tensor(swap, device=rgb.device).long().view(n)
+        recons = {"rgb": self.branches[0](rgb_aug), "depth": self.branches[1](depth_aug)}
+        pairs = {}
+        for k, (name, x) in enumerate((("rgb", rgb_aug), ("depth", depth_aug))):
+            twice = (swap == k + 1).float().view(n, 1, 1, 1)
+            pairs[name] = []
+            for s, r in zip(self.cfg.scales, recons[name]):
+                xs = self._down(x, s)
+                pairs[name].append((xs, twice * xs + (1 - twice) * r))
+        logits, weights = self._mask_logits(pairs["rgb"], pairs["depth"])
+        return {"recon": recons, "mask_logits": logits, "ism_weights": weights, "swap": swap, "ism_pairs": pairs}
+
+    def losses(self, outputs: dict, targets: dict) -> dict:
+        """targets: rgb, depth (clean originals), fg (N x 1 x S x S part mask, optional) and mask
+        (N x 1 x S x S synthetic-anomaly mask, optional). Returns the parts and "total"."""
+        cfg = self.cfg
+        ref = targets["rgb"]
+        n, _, s_, _ = ref.shape
+        fg = targets.get("fg")
+        fg = torch.zeros(n, 1, s_, s_, device=ref.device) if fg is None else fg
+        an = targets.get("mask")
+        an = torch.zeros(n, 1, s_, s_, device=ref.device) if an is None else an
+        out, l2_total, ssim_total = {}, 0.0, 0.0
+        for name in MODALITIES:
+            l2 = ss = 0.0
+            for s, r in zip(cfg.scales, outputs["recon"][name]):
+                t = self._down(targets[name], s)
+                f, a = self._down(fg, s), self._down(an, s)
+                w = cfg.lambda_bg * (1 - f) * (1 - a) + cfg.lambda_fg * f * (1 - a) + cfg.lambda_anomaly * a
+                l2 = l2 + ((r - t) ** 2 * w).mean()
+                ss = ss + (1 - ssim(r, t)).mean()
+            out[f"l2_{name}"] = l2 / len(cfg.scales)
+            out[f"ssim_{name}"] = ss / len(cfg.scales)
+            l2_total = l2_total + out[f"l2_{name}"]
+            ssim_total = ssim_total + out[f"ssim_{name}"]
+        out["focal"] = sum(focal_loss(lg, an, cfg.focal_gamma) for lg in outputs["mask_logits"]) / len(
+            outputs["mask_logits"])
+        out["total"] = l2_total + cfg.lambda_ssim * ssim_total + cfg.lambda_focal * out["focal"]
+        return out
+
+
+@register_model("dbrn")
+def dbrn(config: dict | None = None, preset: str = "edge", pretrained: bool = True) -> DBRN:
+    """config overrides the preset ("edge" or "published"); pretrained is accepted for registry
+    symmetry with rd (DBRN has no pretrained weights)."""
+    presets = {"edge": DBRNConfig.edge, "published": DBRNConfig.published}
+    if preset not in presets:
+        raise ValueError(f"dbrn preset must be one of {sorted(presets)}, got {preset!r}")
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DBRNConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown dbrn config key(s): {unknown}")
+    base = presets[preset]().to_dict()
+    base.update(config)
+    return DBRN(DBRNConfig.from_dict(base))
