@@ -28,7 +28,7 @@ exported graph) is deterministic with dropout off.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -36,13 +36,16 @@ import torch.nn.functional as F
 
 from .layers import GaussianBlur, conv_bn_act
 from .rd import MODES, PRESENT
+from .config import DictConfig
 from .registry import register_model
 
 MODALITIES = ("rgb", "depth")
 
 
 @dataclass
-class DBRNConfig:
+class DBRNConfig(DictConfig):
+    config_name = "dbrn"
+
     image_size: int = 256
     embed_dim: int = 32
     depths: tuple[int, ...] = (1, 1, 2, 1)  # encoder stages (last = bottleneck); decoder mirrors all but the last
@@ -79,17 +82,6 @@ class DBRNConfig:
         down = self.patch_size * 2 ** (len(self.depths) - 1)
         if self.image_size % down or self.image_size % (4 * self.disc_stride):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DBRNConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown dbrn config key(s): {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @classmethod
     def published(cls, **kw) -> "DBRNConfig":

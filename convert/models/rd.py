@@ -19,7 +19,7 @@ never averaged away by the other.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .encoders import create_encoder
 from .layers import GaussianBlur, conv_bn_act, cosine_distance
+from .config import DictConfig
 from .registry import register_model
 
 MODALITIES = ("rgb", "depth")
@@ -35,7 +36,9 @@ PRESENT = {"rgbd": (True, True), "rgb": (True, False), "depth": (False, True)}
 
 
 @dataclass
-class RDConfig:
+class RDConfig(DictConfig):
+    config_name = "rd"
+
     encoder: str = "efficientnet_lite0"
     encoder_weights: str | None = None
     image_size: int = 256
@@ -50,17 +53,6 @@ class RDConfig:
     # The loss is mostly about the part, but the background must be learnt too:
     # without a depth stream there is no foreground mask to hide it at test time.
     background_weight: float = 0.1
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RDConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown rd config key(s): {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 class MultiScaleFusion(nn.Module):

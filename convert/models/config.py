@@ -1,0 +1,20 @@
+"""Model configs: dataclasses that round-trip through YAML (run.yaml, bundle provenance)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+
+class DictConfig:
+    """Mixin for config dataclasses: tuples become lists in YAML and back; unknown keys are errors."""
+
+    config_name = "model"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown {cls.config_name} config key(s): {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
