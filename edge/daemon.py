@@ -801,11 +801,14 @@ class Daemon:
         try:
             self.start()
         except StartupError as exc:
-            log.error("%s", exc)
-            log.error("exit %d (%s)", exc.code, EXIT_CODES.get(exc.code, "?"))
-            self._close_all()
-            return exc.code
+            return self._startup_failed(exc)
         return self.serve()
+
+    def _startup_failed(self, exc: "StartupError") -> int:
+        log.error("%s", exc)
+        log.error("exit %d (%s)", exc.code, EXIT_CODES.get(exc.code, "?"))
+        self._close_all()
+        return exc.code
 
     def serve(self) -> int:
         """Run the started pipeline (``start()`` done) to the end."""
@@ -1008,10 +1011,7 @@ def _run(config, max_frames: int | None, log_level: str | None) -> int:
     try:
         daemon.start()
     except StartupError as exc:
-        log.error("%s", exc)
-        log.error("exit %d (%s)", exc.code, EXIT_CODES.get(exc.code, "?"))
-        daemon._close_all()
-        return exc.code
+        return daemon._startup_failed(exc)
     except _StartupInterrupted as exc:
         log.info("%s during start-up: exiting", exc)
         notifier.stopping()

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import GaussianBlur, conv_bn_act
+from .layers import GaussianBlur, conv_bn_act, dilate_mask
 from .rd import MODES, PRESENT
 from .config import DictConfig
 from .registry import register_model
@@ -399,9 +399,7 @@ class DBRN(nn.Module):
     def dilate_foreground(self, fg):
         if fg is None or not self.cfg.mask_maps_with_foreground:
             return None
-        k = self.cfg.foreground_dilate
-        fg = F.max_pool2d(fg, (1, k), 1, (0, k // 2))
-        return F.max_pool2d(fg, (k, 1), 1, (k // 2, 0))
+        return dilate_mask(fg, self.cfg.foreground_dilate)
 
     def image_score(self, amap):
         k = min(self.cfg.score_pool, self.cfg.image_size)
