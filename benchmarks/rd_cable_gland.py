@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rd-cable_gland"))
-    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--epochs", type=int, help="default: rd's (convert/trainers/rd.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=200, help="latency repetitions per mode")
     a = ap.parse_args(argv)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         return 2
     cmd = "python benchmarks/rd_cable_gland.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(2)
-    cfg = TrainConfig(epochs=a.epochs, seed=a.seed)
+    cfg = TrainConfig(epochs=a.epochs, seed=a.seed).resolved()
     t0 = time.time()
     train(a.data, a.out, cfg, progress=True)
     train_s = time.time() - t0

@@ -18,6 +18,7 @@ class PreparedSplit:
     rgb: np.ndarray  # N x 3 x S x S float32
     depth: np.ndarray  # N x 3 x S x S float32
     fg: np.ndarray  # N x 1 x S x S float32
+    height: np.ndarray  # N x S x S float32, normalised height above the plane (pseudo-anomalies edit it)
     labels: np.ndarray  # N, 0 good / 1 anomalous / -1 unknown
     masks: list  # per sample: bool mask at the source resolution (ROI applied), or None
     thumbs: list  # per sample: RGB uint8 at model resolution, for galleries
@@ -40,12 +41,13 @@ def load_raw(root, split: str, progress: bool = True, desc: str | None = None):
 
 
 def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str = "preprocess") -> PreparedSplit:
-    rgb, depth, fg, masks, thumbs, vf = [], [], [], [], [], []
+    rgb, depth, fg, height, masks, thumbs, vf = [], [], [], [], [], [], []
     for s in tqdm(samples, desc=desc, disable=not progress, leave=False):
         p = preprocess(s.rgb, s.depth, params)
         rgb.append(p.rgb)
         depth.append(p.depth)
         fg.append(p.foreground[None].astype(np.float32))
+        height.append(p.height)
         masks.append(None if s.mask is None else crop_roi(s.mask, params.roi).astype(bool))
         thumbs.append(resize_rgb(s.rgb, params.image_size, params.roi))
         vf.append(p.valid_fraction)
@@ -53,6 +55,7 @@ def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str 
         rgb=np.stack(rgb),
         depth=np.stack(depth),
         fg=np.stack(fg),
+        height=np.stack(height),
         labels=np.array([s.label for s in samples]),
         masks=masks,
         thumbs=thumbs,

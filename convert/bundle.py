@@ -20,7 +20,7 @@ from calibrate.evaluation import score_split
 from calibrate.onnx_eval import run_split
 from calibrate.threshold_pipeline import thresholds_for_export
 
-from .export import export_run, sha256_file
+from .export import export_run, parity_ok, sha256_file
 from .models.rd import MODES
 from .train import load_run
 
@@ -63,7 +63,7 @@ def make_bundle(run_dir, data, out, int8: bool = True, target_frr: float = 0.01,
     _, params, run = load_run(run_dir)
     manifest = export_run(run_dir, out, modes=modes, check_data=data, progress=progress)
     for m in manifest["modes"].values():
-        if m["parity"]["max_abs_map"] > 1e-4 or m["parity"]["max_abs_score"] > 1e-4:
+        if not parity_ok(m["parity"]):
             raise ValueError(f"ONNX Runtime and torch disagree on {m['onnx']}: {m['parity']}")
     graphs = [out / f"{m}.onnx" for m in modes]
     int8_reports = {}

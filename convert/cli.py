@@ -10,11 +10,28 @@ from .models import list_models
 from .train import TrainConfig
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["key=value", ...] -> {key: YAML-parsed value}; a malformed item names itself."""
+    import yaml
+
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {it!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {it!r}: value is not valid YAML ({e})") from e
+    return out
+
+
 def _cmd_train(a) -> int:
     from .train import train
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
                       batch_size=a.batch_size, lr=a.lr, threads=a.threads, rotations=a.rotations, flip=not a.no_flip,
+                      preset=a.preset, model_config=parse_overrides(a.overrides),
                       preprocess={"depth_encoding": a.depth_encoding})
     out = train(a.data, a.out, cfg, progress=not a.quiet)
     print(f"run written to {out}")
@@ -68,14 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="dataset root (MVTec 3D-AD layout or rgbd-folder)")
     t.add_argument("--model", default="rd", choices=list_models())
     t.add_argument("--out", required=True, help="run directory (re-running resumes from its checkpoint)")
-    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--preset", help="named model configuration (dbrn: edge (default, CPU-trainable) or published)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, YAML value (e.g. --set embed_dim=48 --set depths=[1,1,2,1]); repeatable")
+    t.add_argument("--epochs", type=int, help="default: the model's (rd 16, dbrn 27)")
     t.add_argument("--rotations", type=int, default=TrainConfig.rotations, help="pose augmentation: rotations per capture")
     t.add_argument("--no-flip", action="store_true", help="no mirrored poses")
     t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",
                    help="how depth is shown to the ImageNet encoder (docs/models.md)")
-    t.add_argument("--image-size", type=int, default=256)
+    t.add_argument("--image-size", type=int, help="default: the model's (rd 256, dbrn 128)")
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=0.005)
+    t.add_argument("--lr", type=float, help="default: the model's (rd 0.005, dbrn 0.001)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,4 +1,7 @@
-"""Training: frozen teacher features are computed once, students train on them.
+"""Training: the loop, checkpoints and run directory shared by every model family.
+
+What a step does is model-specific (convert.trainers): reverse distillation
+regresses frozen-teacher features, DBRN learns from fresh pseudo-anomalies.
 
 A run directory holds everything needed to evaluate, export or resume:
 run.yaml (model, configs, preprocessing, data provenance), checkpoint.pt
@@ -12,7 +15,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -25,17 +28,18 @@ from edge.data import open_dataset
 from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
 from .models import create_model
-from .models.rd import MODALITIES, MODES, PRESENT
+from .models.rd import MODES
+from .trainers import make_trainer, trainer_defaults
 from calibrate.dataset import load_raw, prepare
 
 
 @dataclass
 class TrainConfig:
     model: str = "rd"
-    epochs: int = 16
+    epochs: int | None = None  # None = the model family's default (convert.trainers)
     batch_size: int = 8
-    lr: float = 0.005
-    image_size: int = 256
+    lr: float | None = None  # None = the model family's default
+    image_size: int | None = None  # None = the model family's default (rd 256, dbrn 128)
     seed: int = 0
     checkpoint_every: int = 5
     threads: int = 0  # 0 = torch default
@@ -44,7 +48,13 @@ class TrainConfig:
     rotations: int = 8  # evenly spaced angles (multiples of 90 degrees are exact)
     flip: bool = True
     model_config: dict = field(default_factory=dict)
+    preset: str | None = None  # named model configuration (dbrn: "edge" or "published")
     preprocess: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the model family's defaults filled in (what run.yaml records)."""
+        d = trainer_defaults(self.model)
+        return replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size") if getattr(self, k) is None})
 
 
 def data_fingerprint(root, split: str = "train") -> str:
@@ -92,27 +102,17 @@ def augment_samples(samples, rotations: int, flip: bool):
     return out
 
 
-def _batches(feats: list[torch.Tensor], idx: torch.Tensor):
-    return [f[idx] for f in feats]
-
-
-@torch.no_grad()
-def teacher_bank(model, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor]:
-    outs = [model.teacher_features(x[i : i + batch]) for i in range(0, len(x), batch)]
-    return [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
-
-
 @torch.no_grad()
 def raw_image_scores(model, split, mode: str, batch: int = 8) -> dict[str, np.ndarray]:
-    """Per-modality max of the raw (un-normalised) maps, for the fusion statistics."""
-    out = {m: [] for m in MODALITIES}
+    """Per-sample image scores of the un-normalised maps, for the score statistics."""
+    out: dict[str, list] = {}
     model.eval()
     for i in range(0, len(split), batch):
         x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
         _, _, raw = model(*x, mode)
-        for m, r in raw.items():
-            out[m].append(r.flatten(1).amax(1).numpy())
-    return {m: np.concatenate(v) for m, v in out.items() if v}
+        for m, s in model.score_statistic_inputs(raw).items():
+            out.setdefault(m, []).append(s.numpy())
+    return {m: np.concatenate(v) for m, v in out.items()}
 
 
 def fit_score_stats(model, split) -> dict:
@@ -124,8 +124,14 @@ def fit_score_stats(model, split) -> dict:
     return stats
 
 
+def _create(cfg: TrainConfig, model_config: dict):
+    kw = {"preset": cfg.preset} if cfg.preset else {}
+    return create_model(cfg.model, config=model_config, **kw)
+
+
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(out)
+    cfg = cfg.resolved()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -141,7 +147,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     if run_yaml.exists() and ckpt_path.exists():
         run = yaml.safe_load(run_yaml.read_text())
         params = PreprocessParams.from_dict(run["preprocess"])
-        if run["train"]["model"] != cfg.model or run["train"]["model_config"] != cfg.model_config:
+        prev = run["train"]
+        if (prev["model"], prev["model_config"], prev.get("preset")) != (cfg.model, cfg.model_config, cfg.preset):
             raise ValueError(f"{out}: holds a different run (model/config differ); choose another --out")
         if run["data"]["train_fingerprint"] != fingerprint:
             raise ValueError(f"{out}: was trained on different data than {data}; choose another --out")
@@ -149,8 +156,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         base = PreprocessParams(**{"image_size": cfg.image_size, **cfg.preprocess})
         params = fit_depth_normalisation([s.depth for s in train_raw], base)
     train_set = prepare(augment_samples(train_raw, cfg.rotations, cfg.flip), params, progress, "preprocess train")
-    model_config = {"image_size": params.image_size, **cfg.model_config}
-    model = create_model(cfg.model, config=model_config)
+    model = _create(cfg, {"image_size": params.image_size, **cfg.model_config})
 
     run = {
         "schema": 1,
@@ -163,22 +169,24 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     }
     run_yaml.write_text(yaml.safe_dump(run, sort_keys=False))
 
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    n = len(train_set)
+    steps_per_epoch = sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)
+    trainer = make_trainer(cfg.model, model, train_set, params, len(train_raw))
+    if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
+        cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
+    opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs)
     start_epoch = 0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.students.load_state_dict(ck["students"])
+        model.load_trained_state(ck["trained"] if "trained" in ck else ck["students"])
         opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
         start_epoch = ck["epoch"]
+        t0 -= ck.get("elapsed_s", 0.0)  # wall time is cumulative over interruptions
         torch.set_rng_state(ck["torch_rng"])
         np.random.set_state(ck["numpy_rng"])
 
-    # The teacher is frozen and inputs are not augmented: compute its features once.
-    bank = {m: teacher_bank(model, torch.from_numpy(getattr(train_set, m))) for m in MODALITIES}
-    fg = torch.from_numpy(train_set.fg)
-    n = len(train_set)
-    probs = np.array(model.cfg.modality_dropout, dtype=np.float64)
-    probs = probs / probs.sum()
     # Epochs past the checkpoint were lost with the interruption: so are their log lines.
     log_path = out / "train_log.jsonl"
     kept = []
@@ -188,27 +196,28 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     log = open(log_path, "a")
     bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
-        model.students.train()
+        trainer.train_mode()
         perm = torch.randperm(n)
-        losses = []
-        for i in range(0, n, cfg.batch_size):
+        losses, parts = [], {}
+        steps = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
+        for i in steps:
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            modes = np.random.choice(len(MODES), size=len(idx), p=probs)
-            present = torch.tensor([PRESENT[MODES[k]] for k in modes], dtype=torch.float32)
-            t = {m: _batches(bank[m], idx) for m in MODALITIES}
-            s_feats = model.student_features(t["rgb"], t["depth"], present)
-            loss = 0.0
-            for k, m in enumerate(MODALITIES):
-                per_sample = model.distillation_loss(t[m], s_feats[k], fg[idx])
-                w = present[:, k]
-                loss = loss + (per_sample * w).sum() / w.sum().clamp_min(1.0)
+            loss, extra = trainer.loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(float(loss.detach()))
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0, 1)}
+            for k, v in extra.items():
+                parts.setdefault(k, []).append(v)
+            steps.set_postfix(loss=f"{losses[-1]:.4f}")
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0, 1),
+               **{k: round(float(np.mean(v)), 6) for k, v in parts.items()}}
+        if sched is not None:
+            rec["lr"] = float(sched.get_last_lr()[0])
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
@@ -217,17 +226,19 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
             torch.save(
                 {
                     "epoch": epoch + 1,
-                    "students": model.students.state_dict(),
+                    "trained": model.trained_state(),
                     "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
                     "torch_rng": torch.get_rng_state(),
                     "numpy_rng": np.random.get_state(),
+                    "elapsed_s": time.time() - t0,
                 },
                 tmp,
             )
             os.replace(tmp, ckpt_path)
     log.close()
 
-    # Fusion statistics from normal validation data (the train split if there is none).
+    # Score statistics from normal validation data (the train split if there is none).
     model.eval()
     try:
         val_raw = load_raw(data, "validation", progress)
@@ -236,7 +247,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         val_raw, stats_source = train_raw, "train (no validation split: scores are optimistic)"
     val_set = prepare(val_raw, params, progress, "preprocess validation")
     stats = fit_score_stats(model, val_set)
-    torch.save({"students": model.students.state_dict(), "score_mean": model.score_mean, "score_std": model.score_std}, out / "model.pt")
+    torch.save({"trained": model.trained_state(), "score_mean": model.score_mean, "score_std": model.score_std},
+               out / "model.pt")
     run["score_stats"] = {"source": stats_source, "n": len(val_set), **stats}
     run["train_time_s"] = round(time.time() - t0, 1)
     run_yaml.write_text(yaml.safe_dump(run, sort_keys=False))
@@ -254,7 +266,7 @@ def load_run(run_dir: str | Path):
     run = yaml.safe_load(run_yaml.read_text())
     model = create_model(run["model"], config=run["model_config"])
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.students.load_state_dict(state["students"])
+    model.load_trained_state(state["trained"] if "trained" in state else state["students"])  # "students": older rd runs
     model.score_mean.copy_(state["score_mean"])
     model.score_std.copy_(state["score_std"])
     model.eval()

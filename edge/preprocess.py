@@ -260,18 +260,29 @@ def _to_chw(img01: np.ndarray, mean, std) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
+def model_inputs(rgb_s: np.ndarray, height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams):
+    """RGB uint8 and height above the plane (metres), both at model resolution ->
+    (rgb 3 x S x S, depth 3 x S x S, normalised height S x S).
+
+    The last step of preprocess(), public so training can edit a view (pseudo-anomalies)
+    and encode it exactly as the runtime encodes a capture.
+    """
+    hn, enc = encode_depth(height_m, fg, params)
+    rgb01 = rgb_s.astype(np.float32) / 255.0
+    return _to_chw(rgb01, params.rgb_mean, params.rgb_std), _to_chw(enc, params.rgb_mean, params.rgb_std), hn
+
+
 def preprocess(rgb: np.ndarray, depth: np.ndarray, params: PreprocessParams) -> Preprocessed:
     """Raw capture -> model inputs. Pure and deterministic."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must be HxWx3 uint8, got shape {rgb.shape}")
     if depth.shape != rgb.shape[:2]:
         raise ValueError(f"depth {depth.shape} and rgb {rgb.shape[:2]} differ: align depth to colour first")
-    rgb01 = resize_rgb(rgb, params.image_size, params.roi).astype(np.float32) / 255.0
     height_m, fg, valid, plane_ok = height_above_plane(depth, params)
-    hn, enc = encode_depth(height_m, fg, params)
+    rgb_in, depth_in, hn = model_inputs(resize_rgb(rgb, params.image_size, params.roi), height_m, fg, params)
     return Preprocessed(
-        rgb=_to_chw(rgb01, params.rgb_mean, params.rgb_std),
-        depth=_to_chw(enc, params.rgb_mean, params.rgb_std),
+        rgb=rgb_in,
+        depth=depth_in,
         foreground=fg,
         height=hn,
         valid_fraction=float(valid.mean()),

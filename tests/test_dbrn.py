@@ -190,3 +190,28 @@ def test_onnx_export_parity_and_trt_lint(edge64, mode, tmp_path):
     assert res["max_abs_map"] <= 1e-4 and res["max_abs_score"] <= 1e-4, res
     errors = [f for f in check_file(path) if f.severity == ERROR]
     assert not errors, "\n".join(map(str, errors))
+
+
+def test_untrained_discriminator_starts_at_the_focal_prior():
+    """P(anomaly) = 0.01 everywhere at initialisation (RetinaNet prior), not 0.5."""
+    torch.manual_seed(0)
+    m = create_model("dbrn", config=TINY).eval()
+    with torch.no_grad():
+        logits = m.disc(torch.zeros(1, TINY["ism_dim"], S // 2, S // 2))
+    assert torch.allclose(torch.sigmoid(logits), torch.full_like(logits, 0.01), atol=1e-4)
+
+
+def test_ism_difference_plane_sees_only_the_difference():
+    """With ism_difference the pair embedding takes |original - reconstruction| as a third plane:
+    zero its (original, reconstruction) weights and equal pairs embed to the same as zeros."""
+    from convert.models.dbrn import PairEmbed
+
+    e = PairEmbed(4, 2, difference=True).eval()
+    with torch.no_grad():
+        e.conv.weight[:, :2] = 0
+        x = torch.randn(1, 3, 8, 8)
+        same = e(x, x)
+        diff = e(x, x + 1.0)
+    assert torch.allclose(same, e(torch.zeros_like(x), torch.zeros_like(x)))
+    assert not torch.allclose(same, diff)
+    assert DBRNConfig.edge().ism_difference and not DBRNConfig.published().ism_difference

@@ -39,7 +39,7 @@ def _log_epochs(run_dir) -> list[int]:
 
 
 def _students(run_dir) -> dict:
-    return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)["students"]
+    return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)["trained"]
 
 
 def _assert_same_students(a: dict, b: dict) -> None:

@@ -28,6 +28,7 @@ exported graph) is deterministic with dropout off.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,7 @@ class DBRNConfig(DictConfig):
     scales: tuple[int, ...] = (1, 2, 4)  # reconstruction heads at S / s
     ism_dim: int = 32
     ism_patch: int = 2
+    ism_difference: bool = False  # also embed |original - reconstruction| (see docs/models.md)
     disc_channels: int = 16
     disc_stride: int = 1  # discriminator runs at S / disc_stride (1 = paper); logits resized to S
     smooth_sigma: float = 4.0
@@ -69,8 +71,12 @@ class DBRNConfig(DictConfig):
     lambda_anomaly: float = 10.0
     lambda_ssim: float = 1.0
     lambda_focal: float = 1.0
+    lambda_dice: float = 0.0
     focal_gamma: float = 2.0
     swap_prob: float = 0.3  # ISM trick: probability that one modality's original is fed twice
+    # Training draws, per sample, which streams are present (rgbd / rgb only / depth only), so the
+    # zero placeholder of a missing stream is seen in training as it is at run time.
+    modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
 
     def __post_init__(self):
         if len(self.num_heads) != len(self.depths):
@@ -93,9 +99,14 @@ class DBRNConfig(DictConfig):
 
     @classmethod
     def edge(cls, **kw) -> "DBRNConfig":
-        """Small enough to train on a 2-core CPU and run fast on a Jetson."""
-        base = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=8, patch_size=4,
-                    mlp_ratio=2.0, ism_dim=32, disc_channels=16, disc_stride=2)
+        """Small enough to train on a 2-core CPU and run fast on a Jetson. Meant for 128 x 128 input
+        (the trainer's default size for dbrn): patch 2 keeps tokens small enough (2 x 2 x 3 values in
+        32 dimensions) for sharp reconstructions, with as many tokens as the paper's 256 / patch 4."""
+        base = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=8, patch_size=2,
+                    scales=(1, 2), mlp_ratio=2.0, ism_dim=32, disc_channels=16, disc_stride=2, ism_difference=True,
+                    # the paper's smoothing (4), score pooling (21) and rd's mask dilation (15) are for
+                    # 256 x 256: scaled to 128.
+                    smooth_sigma=2.0, score_pool=11, foreground_dilate=7)
         base.update(kw)
         return cls(**base)
 
@@ -273,25 +284,28 @@ class SwinUNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 class PairEmbed(nn.Module):
     """(original, reconstruction) N x C x H x W each -> N x D x H/p x W/p; channels embedded singly
-    with one shared convolution and averaged."""
+    with one shared convolution and averaged. With `difference`, |original - reconstruction| is
+    embedded beside the pair (a third plane)."""
 
-    def __init__(self, dim: int, patch: int):
+    def __init__(self, dim: int, patch: int, difference: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(2, dim, patch, patch, bias=False)
+        self.difference = difference
+        self.conv = nn.Conv2d(3 if difference else 2, dim, patch, patch, bias=False)
         self.bn = nn.BatchNorm2d(dim)
         self.dim = dim
 
     def forward(self, orig, recon):
         _, c, h, w = orig.shape
-        x = torch.stack([orig, recon], 2).reshape(-1, 2, h, w)  # N*C x 2 x H x W
+        planes = [orig, recon, (orig - recon).abs()] if self.difference else [orig, recon]
+        x = torch.stack(planes, 2).reshape(-1, len(planes), h, w)  # N*C x planes x H x W
         f = self.bn(self.conv(x))
         return F.relu(f.reshape(-1, c, self.dim, f.shape[-2], f.shape[-1]).mean(1))
 
 
 class ImportanceScoring(nn.Module):
-    def __init__(self, dim: int, patch: int):
+    def __init__(self, dim: int, patch: int, difference: bool = False):
         super().__init__()
-        self.embed = nn.ModuleList(PairEmbed(dim, patch) for _ in MODALITIES)
+        self.embed = nn.ModuleList(PairEmbed(dim, patch, difference) for _ in MODALITIES)
         self.w1 = conv_bn_act(2 * dim, dim, 3)
         self.w2 = nn.Sequential(nn.Conv2d(dim, 2, 3, 1, 1, bias=False), nn.BatchNorm2d(2))
 
@@ -314,6 +328,9 @@ class UNetDiscriminator(nn.Module):
         self.e1, self.e2, self.e3 = block(cin, c), block(c, 2 * c), block(2 * c, 4 * c)
         self.d2, self.d1 = block(4 * c + 2 * c, 2 * c), block(2 * c + c, c)
         self.out = nn.Conv2d(c, 1, 1)
+        # Focal-loss prior (Lin et al., RetinaNet): start at P(anomaly) = 0.01 instead of 0.5, so the
+        # first thousand steps are not spent pushing the background down.
+        nn.init.constant_(self.out.bias, -math.log((1 - 0.01) / 0.01))
 
     def forward(self, x):
         e1 = self.e1(x)
@@ -361,6 +378,12 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return ((1 - pt) ** gamma * ce).mean()
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over the whole batch: indifferent to how few pixels are anomalous."""
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +392,7 @@ class DBRN(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or DBRNConfig.edge()
         self.branches = nn.ModuleList(SwinUNet(cfg) for _ in MODALITIES)
-        self.ism = ImportanceScoring(cfg.ism_dim, cfg.ism_patch)
+        self.ism = ImportanceScoring(cfg.ism_dim, cfg.ism_patch, cfg.ism_difference)
         self.disc = UNetDiscriminator(cfg.ism_dim, cfg.disc_channels)
         self.blur = GaussianBlur(cfg.smooth_sigma)
         # Image-score statistics on normal validation data: [mode, "fused"] -> mean, std.
@@ -453,12 +476,26 @@ class DBRN(nn.Module):
     def trainable_parameters(self):
         return self.parameters()
 
+    def trained_state(self) -> dict:
+        """What training changes, for checkpoints and model.pt (everything: nothing is pretrained)."""
+        return self.state_dict()
+
+    def load_trained_state(self, state: dict) -> None:
+        self.load_state_dict(state)
+
+    def score_statistic_inputs(self, raw: dict) -> dict:
+        """Per-sample image scores of the un-normalised map, named as set_score_stats expects."""
+        return {"fused": self.image_score(raw["fused"])}
+
     # -- training --------------------------------------------------------------------------------
-    def training_forward(self, rgb, depth, fg, rgb_aug, depth_aug, swap=None) -> dict:
+    def training_forward(self, rgb, depth, fg, rgb_aug, depth_aug, swap=None, present=None) -> dict:
         """Reconstruct the clean inputs from the (synthetically) anomalous ones and predict the mask.
 
         swap: per-sample int tensor (N) in {0: original/reconstruction for both, 1: RGB original
         twice, 2: depth original twice}; None draws it (cfg.swap_prob, split evenly over 1 and 2).
+        present: N x 2 (rgb, depth) in {0, 1}; an absent stream's ISM pair is the zero placeholder,
+        exactly what forward() feeds for a missing stream at run time. None = both present.
+        Both branches always reconstruct: reconstruction does not depend on the other stream.
         """
         n = rgb.shape[0]
         if swap is None:
@@ -466,16 +503,19 @@ class DBRN(nn.Module):
             p = self.cfg.swap_prob
             swap = torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
         swap = torch.as_tensor(swap, device=rgb.device).long().view(n)
+        present = torch.ones(n, 2, device=rgb.device) if present is None else torch.as_tensor(present).float().view(n, 2)
         recons = {"rgb": self.branches[0](rgb_aug), "depth": self.branches[1](depth_aug)}
         pairs = {}
         for k, (name, x) in enumerate((("rgb", rgb_aug), ("depth", depth_aug))):
             twice = (swap == k + 1).float().view(n, 1, 1, 1)
+            keep = present[:, k].view(n, 1, 1, 1)
             pairs[name] = []
             for s, r in zip(self.cfg.scales, recons[name]):
                 xs = self._down(x, s)
-                pairs[name].append((xs, twice * xs + (1 - twice) * r))
+                pairs[name].append((keep * xs, keep * (twice * xs + (1 - twice) * r)))
         logits, weights = self._mask_logits(pairs["rgb"], pairs["depth"])
-        return {"recon": recons, "mask_logits": logits, "ism_weights": weights, "swap": swap, "ism_pairs": pairs}
+        return {"recon": recons, "mask_logits": logits, "ism_weights": weights, "swap": swap, "present": present,
+                "ism_pairs": pairs}
 
     def losses(self, outputs: dict, targets: dict) -> dict:
         """targets: rgb, depth (clean originals), fg (N x 1 x S x S part mask, optional) and mask
@@ -500,9 +540,12 @@ class DBRN(nn.Module):
             out[f"ssim_{name}"] = ss / len(cfg.scales)
             l2_total = l2_total + out[f"l2_{name}"]
             ssim_total = ssim_total + out[f"ssim_{name}"]
-        out["focal"] = sum(focal_loss(lg, an, cfg.focal_gamma) for lg in outputs["mask_logits"]) / len(
-            outputs["mask_logits"])
+        logits = outputs["mask_logits"]
+        out["focal"] = sum(focal_loss(lg, an, cfg.focal_gamma) for lg in logits) / len(logits)
         out["total"] = l2_total + cfg.lambda_ssim * ssim_total + cfg.lambda_focal * out["focal"]
+        if cfg.lambda_dice:
+            out["dice"] = sum(soft_dice_loss(lg, an) for lg in logits) / len(logits)
+            out["total"] = out["total"] + cfg.lambda_dice * out["dice"]
         return out
 
 

@@ -193,7 +193,20 @@ class ReverseDistillationRGBD(nn.Module):
     def trainable_parameters(self):
         return self.students.parameters()
 
+    def trained_state(self) -> dict:
+        """What training changes, for checkpoints and model.pt: the students (the teacher is pretrained)."""
+        return self.students.state_dict()
+
+    def load_trained_state(self, state: dict) -> None:
+        self.students.load_state_dict(state)
+
+    def score_statistic_inputs(self, raw: dict) -> dict:
+        """Per-sample max of each raw (un-normalised) modality map, named as set_score_stats expects."""
+        return {m: r.flatten(1).amax(1) for m, r in raw.items()}
+
 
 @register_model("rd")
-def rd(config: dict | None = None, pretrained: bool = True) -> ReverseDistillationRGBD:
+def rd(config: dict | None = None, pretrained: bool = True, preset: str = "default") -> ReverseDistillationRGBD:
+    if preset != "default":
+        raise ValueError(f"rd has no named presets (got {preset!r}); set its config keys instead")
     return ReverseDistillationRGBD(RDConfig.from_dict(config or {}), pretrained=pretrained)

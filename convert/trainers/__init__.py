@@ -1,0 +1,30 @@
+"""Model-specific training steps; convert.train runs the shared loop around them.
+
+A trainer is built once per run from the model and the prepared (pose-augmented)
+training split, and exposes:
+
+    defaults: dict          TrainConfig values this family trains with unless told
+    optimizer(lr)           -> (torch optimizer, per-step LR scheduler or None)
+    loss(idx)               -> (loss tensor to back-propagate, {name: float} for the log)
+
+Randomness comes from numpy's and torch's global generators, which the shared
+loop checkpoints, so an interrupted run resumes exactly.
+"""
+from __future__ import annotations
+
+from .dbrn import DBRNTrainer
+from .rd import RDTrainer
+
+TRAINERS = {"rd": RDTrainer, "dbrn": DBRNTrainer}
+
+
+def make_trainer(model_name: str, model, train_set, params, n_sources: int):
+    if model_name not in TRAINERS:
+        raise ValueError(f"no trainer for model {model_name!r}; trainable models: {sorted(TRAINERS)}")
+    return TRAINERS[model_name](model, train_set, params, n_sources)
+
+
+def trainer_defaults(model_name: str) -> dict:
+    if model_name not in TRAINERS:
+        raise ValueError(f"no trainer for model {model_name!r}; trainable models: {sorted(TRAINERS)}")
+    return dict(TRAINERS[model_name].defaults)

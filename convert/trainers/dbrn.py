@@ -1,0 +1,120 @@
+"""DBRN: reconstruct clean inputs from pseudo-anomalous ones and segment the anomaly.
+
+Every step draws fresh pseudo-anomalies (convert.pseudo_anomaly) on the RGB view
+at model resolution and on the normalised height map, then encodes the edited
+views with the runtime's own edge.preprocess.model_inputs, so the network trains
+on exactly the kind of input the Jetson feeds it.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from edge.preprocess import model_inputs
+
+from ..pseudo_anomaly import TextureBank, synthesize
+from .common import draw_present
+
+
+def source_index(names: list[str]) -> list[int]:
+    """Index of the original capture behind each pose-augmented sample ("name@r45f" -> name)."""
+    order: dict[str, int] = {}
+    return [order.setdefault(n.split("@")[0], len(order)) for n in names]
+
+
+def target_mask(masks: torch.Tensor, edited, present: torch.Tensor) -> torch.Tensor:
+    """The anomaly as far as a present stream shows it: an RGB-only defect is invisible in
+    depth-only mode, so there its target is zero. masks N x 1 x S x S; edited N x (rgb, depth)
+    bools; present N x 2."""
+    seen = (torch.tensor(edited, dtype=torch.float32).view(-1, 2) * present).amax(1)
+    return masks * seen.view(-1, 1, 1, 1)
+
+
+class DBRNTrainer:
+    defaults = {"epochs": 27, "lr": 0.001, "image_size": 128}
+    warmup_steps = 100
+
+    def __init__(self, model, train_set, params, n_sources: int):
+        self.model, self.split, self.params = model, train_set, params
+        self.src = source_index(train_set.names)
+        # Textures cut from other captures: one thumbnail per original capture (poses of the
+        # same capture would only cut the part from itself).
+        firsts = {}
+        for i, s in enumerate(self.src):
+            firsts.setdefault(s, i)
+        self.bank = TextureBank([train_set.thumbs[i] for i in sorted(firsts.values(), key=lambda i: self.src[i])])
+        self.scale = params.height_scale_m or 1.0
+
+    def optimizer(self, lr: float, total_steps: int):
+        opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
+        warm = self.warmup_steps
+
+        def factor(step: int) -> float:  # linear warm-up (attention is unstable early), then cosine
+            if step < warm:
+                return (step + 1) / warm
+            t = min((step - warm) / max(total_steps - warm, 1), 1.0)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def augment(self, i: int, rng: np.random.Generator):
+        """Sample i with a fresh pseudo-anomaly -> (rgb in, depth in, mask, edited (rgb, depth))."""
+        sp = self.split
+        fg = sp.fg[i, 0] > 0.5
+        h = sp.height[i]
+        rgb_u8, h_aug, m, info = synthesize(sp.thumbs[i], h, fg, rng, self.bank, exclude_index=self.src[i],
+                                            return_info=True)
+        rgb_in, depth_in = sp.rgb[i], sp.depth[i]
+        edited = (False, False)
+        if info["case"] != "unchanged":
+            edited = (info["modality"] in ("rgb", "both"), info["modality"] in ("depth", "both"))
+        if edited[1]:
+            # Only masked pixels change: the runtime's height may leave [0, 1], which synthesize clips.
+            h_new = np.where(m > 0, h_aug, h).astype(np.float32)
+            _, depth_in, _ = model_inputs(sp.thumbs[i], h_new * self.scale, fg, self.params)
+        if edited[0]:
+            rgb_in, _, _ = model_inputs(rgb_u8, h * self.scale, fg, self.params)
+        return rgb_in, depth_in, m, edited
+
+    def loss(self, idx: torch.Tensor):
+        model = self.model
+        # One generator per step, seeded from numpy's global state: resumable, reproducible.
+        rng = np.random.default_rng(np.random.randint(2**31))
+        ids = idx.tolist()
+        rgb_aug, depth_aug, masks, edited = zip(*(self.augment(i, rng) for i in ids))
+        sp = self.split
+        rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
+        present = draw_present(len(ids), model.cfg.modality_dropout)
+        mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present)
+        out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
+                                     torch.from_numpy(np.stack(depth_aug)), present=present)
+        parts = model.losses(out, {"rgb": rgb, "depth": depth, "fg": fg,
+                                   "mask": mask})
+        return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
+
+    def preview(self, n: int = 6, seed: int = 0) -> np.ndarray:
+        """BGR uint8 sheet of n training samples with pseudo-anomalies, one row each:
+        RGB, RGB fed, depth encoding, depth encoding fed, mask. What training sees."""
+        rng = np.random.default_rng(seed)
+        mean, std = np.asarray(self.params.rgb_mean, np.float32), np.asarray(self.params.rgb_std, np.float32)
+
+        def img(chw):
+            x = np.clip(chw.transpose(1, 2, 0) * std + mean, 0, 1)
+            return cv2.cvtColor((255 * x).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+        rows, tries = [], 0
+        while len(rows) < n and tries < 20 * n:  # show samples that carry an anomaly
+            i = int(rng.integers(len(self.split)))
+            tries += 1
+            rgb_in, depth_in, m, edited = self.augment(i, rng)
+            if not any(edited):
+                continue
+            mask = cv2.cvtColor((255 * m).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+            rows.append(np.hstack([img(self.split.rgb[i]), img(rgb_in), img(self.split.depth[i]), img(depth_in), mask]))
+        return np.vstack(rows)

@@ -1,0 +1,233 @@
+"""DBRN through the whole product path on generated data: the pseudo-anomaly training step,
+`rgbd-convert train --model dbrn`, resume, eval, bundle (FP32 + INT8), and the edge daemon
+running that bundle with no DBRN-specific code. Behaviour only: no timing or accuracy asserts
+(accuracy is measured in benchmarks/dbrn_cable_gland.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from conftest import TINY_SIZE  # noqa: E402
+from convert.cli import main  # noqa: E402
+from convert.export import parity_ok  # noqa: E402
+from convert.train import TrainConfig, augment_samples, load_run  # noqa: E402
+from convert.trainers.dbrn import DBRNTrainer, source_index, target_mask  # noqa: E402
+from convert.models import create_model  # noqa: E402
+from convert.models.rd import MODES  # noqa: E402
+from calibrate.dataset import load_raw, prepare  # noqa: E402
+from edge.data import open_dataset  # noqa: E402
+from edge.preprocess import PreprocessParams, fit_depth_normalisation  # noqa: E402
+
+# Small enough for seconds per epoch at 64 x 64 on one thread.
+TINY = {"embed_dim": 16, "num_heads": [1, 2, 2, 4], "window_size": 4, "ism_dim": 8, "disc_channels": 8,
+        "smooth_sigma": 2.0, "score_pool": 5}
+SET = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(torch_single_thread):
+    yield
+
+
+def _train_argv(data, out, epochs: int) -> list[str]:
+    return ["train", "--model", "dbrn", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
+            "--image-size", str(TINY_SIZE), "--batch-size", "4", "--threads", "1", "--rotations", "2",
+            "--no-flip", "--quiet", *SET]
+
+
+@pytest.fixture(scope="module")
+def dbrn_run(tmp_path_factory, tiny_dataset):
+    run = tmp_path_factory.mktemp("dbrn") / "run"
+    assert main(_train_argv(tiny_dataset, run, 2)) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def dbrn_bundle(tmp_path_factory, dbrn_run, tiny_dataset):
+    out = tmp_path_factory.mktemp("dbrn_bundle") / "b"
+    assert main(["bundle", "--run", str(dbrn_run), "--data", str(tiny_dataset), "--out", str(out), "--quiet",
+                 "--no-tar"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def split(tiny_dataset):
+    raw = load_raw(tiny_dataset, "train", False)
+    params = fit_depth_normalisation([s.depth for s in raw], PreprocessParams(image_size=TINY_SIZE))
+    return prepare(augment_samples(raw, 2, False), params, False), params, len(raw)
+
+
+# ------------------------------------------------------------------ the training step
+
+
+def test_source_index_groups_poses_of_one_capture():
+    assert source_index(["a", "a@r180", "b", "b@r180f", "c@r90"]) == [0, 0, 1, 1, 2]
+
+
+def test_target_mask_keeps_only_what_a_present_stream_shows():
+    m = torch.ones(4, 1, 2, 2)
+    edited = [(True, False), (False, True), (True, True), (False, False)]  # rgb-only, depth-only, both, none
+    present = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    t = target_mask(m, edited, present)
+    assert t[:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_augment_encodes_edits_like_the_runtime(split):
+    sp, params, n_src = split
+    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY})
+    tr = DBRNTrainer(model, sp, params, n_src)
+    assert len(tr.bank) == n_src  # one texture source per capture, not per pose
+    seen = set()
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        i = k % len(sp)
+        rgb_in, depth_in, m, edited = tr.augment(i, rng)
+        seen.add(edited)
+        assert rgb_in.shape == sp.rgb[i].shape and depth_in.shape == sp.depth[i].shape and m.shape == sp.height[i].shape
+        if not any(edited):
+            assert np.array_equal(rgb_in, sp.rgb[i]) and np.array_equal(depth_in, sp.depth[i])
+            continue
+        assert m.max() > 0 and not (m > 0)[sp.fg[i, 0] < 0.5].any()  # anomalies only on the part
+        near = cv2.dilate((m > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # normals: 3x3 Sobel
+        for x, clean, ed in ((rgb_in, sp.rgb[i], edited[0]), (depth_in, sp.depth[i], edited[1])):
+            changed = np.abs(x - clean).max(0) > 1e-4
+            if ed:
+                assert not changed[~near].any()  # nothing changes away from the anomaly
+            else:
+                assert np.array_equal(x, clean)
+    assert {(True, False), (False, True), (True, True), (False, False)} <= seen
+
+
+# ------------------------------------------------------------------ CLI train, resume, eval
+
+
+def test_each_family_has_its_own_defaults_unless_told():
+    rd, dbrn = TrainConfig(model="rd").resolved(), TrainConfig(model="dbrn").resolved()
+    assert (rd.image_size, rd.lr, rd.epochs) == (256, 0.005, 16)
+    assert (dbrn.image_size, dbrn.lr, dbrn.epochs) == (128, 0.001, 27)
+    told = TrainConfig(model="dbrn", image_size=96, lr=0.1, epochs=1).resolved()
+    assert (told.image_size, told.lr, told.epochs) == (96, 0.1, 1)
+
+
+def test_cli_train_writes_a_dbrn_run(dbrn_run):
+    meta = yaml.safe_load((dbrn_run / "run.yaml").read_text())
+    assert meta["model"] == "dbrn"
+    assert meta["train"]["lr"] == 0.001 and meta["train"]["epochs"] == 2  # dbrn's own default lr
+    cfg = meta["model_config"]
+    assert cfg["embed_dim"] == 16 and cfg["image_size"] == TINY_SIZE
+    assert cfg["disc_stride"] == 2  # the rest comes from the edge preset
+    assert set(meta["score_stats"]) >= {f"{m}/fused" for m in MODES}
+    recs = [json.loads(x) for x in (dbrn_run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2]
+    sheet = cv2.imread(str(dbrn_run / "training_samples.png"))
+    assert sheet.shape[1] == 5 * TINY_SIZE and sheet.shape[0] % TINY_SIZE == 0  # rows of 5 views
+    for r in recs:
+        assert {"loss", "l2_rgb", "l2_depth", "ssim_rgb", "ssim_depth", "focal", "lr"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("loss", "focal", "lr"))
+
+
+def test_load_run_gives_a_deterministic_model_in_every_mode(dbrn_run, tiny_dataset):
+    model, params, _ = load_run(dbrn_run)
+    assert not model.training and type(model).__name__ == "DBRN"
+    sp = prepare(load_raw(tiny_dataset, "validation", False), params, False)
+    x = [torch.from_numpy(a) for a in (sp.rgb, sp.depth, sp.fg)]
+    with torch.no_grad():
+        for mode in MODES:
+            a, sa, _ = model(*x, mode)
+            b, sb, _ = model(*x, mode)
+            assert torch.equal(a, b) and torch.equal(sa, sb)
+            # validation scores are standardised by the fitted statistics
+            assert abs(float(sa.mean())) < 1e-3 or len(sa) < 2
+
+
+def test_resume_equals_uninterrupted(tmp_path, dbrn_run, tiny_dataset):
+    out = tmp_path / "run"
+    assert main(_train_argv(tiny_dataset, out, 1)) == 0
+    assert main(_train_argv(tiny_dataset, out, 2)) == 0
+    a = torch.load(out / "model.pt", weights_only=True)["trained"]
+    b = torch.load(dbrn_run / "model.pt", weights_only=True)["trained"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_preset_and_override_errors_name_the_problem(tmp_path, tiny_dataset, capsys):
+    cases = [
+        (["--preset", "huge"], "dbrn preset must be one of ['edge', 'published']"),
+        (["--set", "embed_dims=8"], "unknown dbrn config key(s): ['embed_dims']"),
+        (["--set", "embed_dim"], "--set 'embed_dim': expected KEY=VALUE"),
+    ]
+    for i, (extra, msg) in enumerate(cases):
+        assert main(_train_argv(tiny_dataset, tmp_path / str(i), 1) + extra) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "rd"), "--preset", "edge", "--quiet"]) == 2
+    assert "rd has no named presets" in capsys.readouterr().err
+
+
+def test_cli_eval_every_mode(tmp_path, dbrn_run, tiny_dataset):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(dbrn_run), "--data", str(tiny_dataset), "--out", str(out), "--quiet",
+                 "--no-figures"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == list(MODES)
+    for r in rows:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("i_auroc", "p_auroc", "aupro"))
+
+
+# ------------------------------------------------------------------ bundle and the daemon
+
+
+def test_bundle_holds_dbrn_graphs_matching_torch(dbrn_bundle):
+    from edge.bundle import load_bundle
+
+    b = load_bundle(dbrn_bundle)
+    assert set(b.modes) == set(MODES)
+    doc = yaml.safe_load((dbrn_bundle / "bundle.yaml").read_text())
+    assert doc["model"]["family"] == "dbrn"
+    for mode in MODES:
+        assert parity_ok(doc["provenance"]["parity"][mode])  # exported graph = evaluated model
+        assert b.modes[mode].graph("int8").is_file()
+
+
+def test_daemon_runs_a_dbrn_bundle_with_fallback(tmp_path, dbrn_bundle, tiny_dataset):
+    """The daemon knows nothing about DBRN: same config, same results, rgbd -> rgb on a frame
+    without depth, one result per frame."""
+    from edge.config import load_config
+    from edge.daemon import EXIT_OK, Daemon
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    refs = open_dataset(data, "test")
+    no_depth = refs[1]
+    d = cv2.imread(str(no_depth.depth), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(no_depth.depth), np.zeros_like(d))
+    cfg_path = tmp_path / "rgbd-edge.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "device_id": "dbrn-cam", "bundle": str(dbrn_bundle),
+        "engine": {"backend": "onnxruntime", "precision": "int8", "threads": 1},
+        "source": {"type": "folder", "path": str(data), "split": "test"},
+        "sinks": {"jsonl": {"path": "results.jsonl"}},
+        "fallback": {"hold_bad": 1, "hold_good": 1},
+    }))
+    daemon = Daemon(load_config(cfg_path))
+    assert daemon.run() == EXIT_OK
+    results = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["frame_name"] for r in results] == [r.name for r in refs]
+    by_name = {r["frame_name"]: r for r in results}
+    r = by_name[no_depth.name]
+    assert r["mode"] == "rgb" and r["model"]["sha256"] == daemon.bundle.files["rgb.int8.onnx"]
+    assert r["decision"] in ("pass", "reject") and math.isfinite(r["score"])
+    others = [r for n, r in by_name.items() if n != no_depth.name]
+    assert all(r["mode"] == "rgbd" and r["decision"] in ("pass", "reject") for r in others)
+    assert all(r["model"]["precision"] == "int8" and r["model"]["sha256"] == daemon.bundle.files["rgbd.int8.onnx"]
+               for r in others)
+    c = daemon.counters.snapshot()
+    assert c["frames_inspected"] == len(refs) and c["engine_errors"] == 0
