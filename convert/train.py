@@ -171,7 +171,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
 
     n = len(train_set)
     steps_per_epoch = sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)
-    trainer = make_trainer(cfg.model, model, train_set, params, len(train_raw))
+    trainer = make_trainer(cfg.model, model, train_set, params)
     if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
         cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
     opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs)

@@ -85,7 +85,7 @@ def test_target_mask_keeps_only_what_a_present_stream_shows():
 def test_augment_encodes_edits_like_the_runtime(split):
     sp, params, n_src = split
     model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY})
-    tr = DBRNTrainer(model, sp, params, n_src)
+    tr = DBRNTrainer(model, sp, params)
     assert len(tr.bank) == n_src  # one texture source per capture, not per pose
     seen = set()
     rng = np.random.default_rng(0)

@@ -3,9 +3,11 @@
 A trainer is built once per run from the model and the prepared (pose-augmented)
 training split, and exposes:
 
-    defaults: dict          TrainConfig values this family trains with unless told
-    optimizer(lr)           -> (torch optimizer, per-step LR scheduler or None)
-    loss(idx)               -> (loss tensor to back-propagate, {name: float} for the log)
+    defaults: dict              epochs, lr, image_size this family trains with unless told
+    optimizer(lr, total_steps)  -> (torch optimizer, per-step LR scheduler or None)
+    train_mode()                put the trained modules in training mode (once per epoch)
+    loss(idx)                   -> (loss tensor to back-propagate, {name: float} for the log)
+    preview() (optional)        BGR sheet of training inputs, saved as RUN_DIR/training_samples.png
 
 Randomness comes from numpy's and torch's global generators, which the shared
 loop checkpoints, so an interrupted run resumes exactly.
@@ -18,10 +20,10 @@ from .rd import RDTrainer
 TRAINERS = {"rd": RDTrainer, "dbrn": DBRNTrainer}
 
 
-def make_trainer(model_name: str, model, train_set, params, n_sources: int):
+def make_trainer(model_name: str, model, train_set, params):
     if model_name not in TRAINERS:
         raise ValueError(f"no trainer for model {model_name!r}; trainable models: {sorted(TRAINERS)}")
-    return TRAINERS[model_name](model, train_set, params, n_sources)
+    return TRAINERS[model_name](model, train_set, params)
 
 
 def trainer_defaults(model_name: str) -> dict:

@@ -37,7 +37,7 @@ class DBRNTrainer:
     defaults = {"epochs": 27, "lr": 0.001, "image_size": 128}
     warmup_steps = 100
 
-    def __init__(self, model, train_set, params, n_sources: int):
+    def __init__(self, model, train_set, params):
         self.model, self.split, self.params = model, train_set, params
         self.src = source_index(train_set.names)
         # Textures cut from other captures: one thumbnail per original capture (poses of the

@@ -20,7 +20,7 @@ def teacher_bank(model, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor]:
 class RDTrainer:
     defaults = {"epochs": 16, "lr": 0.005, "image_size": 256}
 
-    def __init__(self, model, train_set, params, n_sources: int):
+    def __init__(self, model, train_set, params):
         self.model = model
         self.bank = {m: teacher_bank(model, torch.from_numpy(getattr(train_set, m))) for m in MODALITIES}
         self.fg = torch.from_numpy(train_set.fg)
