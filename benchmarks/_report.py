@@ -4,9 +4,26 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+REPO = Path(__file__).resolve().parents[1]
+CABLE_GLAND = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
+
+
+def missing_data(path, what: str = "this benchmark") -> bool:
+    """True (after saying so on stderr) when the real cable_gland folder is not at `path`."""
+    if Path(path).is_dir():
+        return False
+    print(f"{path} not found: {what} needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    return True
+
+
+def command(script: str, argv=None, python: str = "python") -> str:
+    """The command line that reproduces a benchmark run, for its RESULTS.md section."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    return " ".join([python, f"benchmarks/{Path(script).name}", *args])
 
 
 def machine() -> str:

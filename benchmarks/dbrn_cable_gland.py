@@ -23,7 +23,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import fmt, machine, write_section  # noqa: E402
+from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
@@ -35,8 +35,6 @@ from convert.onnx_stats import onnx_stats  # noqa: E402
 from convert.train import TrainConfig, load_run, train  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
 PUBLISHED_I_AUROC = 0.836  # DBRN paper, cable_gland
 METRICS = ("i_auroc", "p_auroc", "aupro")
 
@@ -78,7 +76,7 @@ def pts(a: float, b: float) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(CABLE_GLAND))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-dbrn-cable_gland"))
     ap.add_argument("--bundle", default=str(REPO / "runs" / "bundle-dbrn-cable_gland"))
     ap.add_argument("--rd-bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
@@ -87,10 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=50, help="latency repetitions (edge); the published model gets 5")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    if not Path(a.data).is_dir():
-        print(f"{a.data} not found: this benchmark needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    if missing_data(a.data):
         return 2
-    cmd = "python benchmarks/dbrn_cable_gland.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command(__file__, argv)
     torch.set_num_threads(a.threads)
 
     cfg = TrainConfig(model="dbrn", epochs=a.epochs, seed=a.seed, checkpoint_every=1).resolved()
@@ -190,7 +187,7 @@ Edge model per mode, eager torch ms (median / p99): {', '.join(f"{m} {v[0]:.0f} 
   thresholds) {bundle_s / 60:.1f} min.
 - INT8 calibration methods kept: {', '.join(f"{m} {prov['int8'][m]['method']}" for m in MODES)}.
 - Machine: {machine()}; PyTorch {torch.__version__}, ONNX Runtime {__import__('onnxruntime').__version__}.
-- Command: `{cmd.strip()}`
+- Command: `{cmd}`
 """
     path = write_section("dbrn_cable_gland", body)
     print(body)

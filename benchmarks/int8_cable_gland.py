@@ -18,15 +18,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import fmt, machine, write_section  # noqa: E402
+from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.onnx_eval import latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
 from convert.onnx_stats import onnx_stats  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
 MODES = ("rgbd", "rgb", "depth")
 
 # Dense INT8 tensor throughput (TOPS) from NVIDIA's Jetson Orin data sheets
@@ -45,15 +43,14 @@ def projection(gflops: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", default=str(REPO / "runs" / "bench-rd-cable_gland"))
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(CABLE_GLAND))
     ap.add_argument("--bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    if not Path(a.data).is_dir():
-        print(f"{a.data} not found: this benchmark needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    if missing_data(a.data):
         return 2
-    cmd = "python benchmarks/int8_cable_gland.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command(__file__, argv)
     bundle = Path(a.bundle)
     if bundle.exists():
         shutil.rmtree(bundle)
@@ -147,7 +144,7 @@ Thresholds (target false-reject rate 1 %, from {prov['thresholds']['rgbd']['n_va
 {th_rows}
 
 - Machine: {machine()}.
-- Command: `{cmd.strip()}`
+- Command: `{cmd}`
 """
     path = write_section("int8_cable_gland", body)
     print(body)

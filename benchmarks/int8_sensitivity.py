@@ -17,14 +17,13 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import machine, write_section  # noqa: E402
+from benchmarks._report import CABLE_GLAND, REPO, command, machine, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.evaluation import score_split  # noqa: E402
 from calibrate.int8 import quantize_int8  # noqa: E402
 from calibrate.onnx_eval import run_split  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 T = "/teacher"
 GROUPS = {
     "nothing": (),
@@ -40,7 +39,7 @@ GROUPS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", default=str(REPO / "runs" / "bench-rd-cable_gland"))
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"))
+    ap.add_argument("--data", default=str(CABLE_GLAND))
     ap.add_argument("--method", default="minmax")
     a = ap.parse_args(argv)
     ex = Path(a.run) / "export"
@@ -79,7 +78,7 @@ and output is too coarse for features that the student must match to within a sm
 distance. The default keeps the stem and blocks 0-1 in FP32 (about 5 % of the FLOPs).
 
 - Machine: {machine()}.
-- Command: `python benchmarks/int8_sensitivity.py {' '.join(argv if argv is not None else sys.argv[1:])}`
+- Command: `{command(__file__, argv)}`
 """
     write_section("int8_sensitivity", body)
     print(body)

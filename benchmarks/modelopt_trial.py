@@ -61,15 +61,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._report import CABLE_GLAND, REPO, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.evaluation import score_split  # noqa: E402
 from calibrate.int8 import KEEP_FP32_PATTERNS  # noqa: E402
 from calibrate.onnx_eval import run_split  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
 DEFAULT_BUNDLE = REPO / "runs" / "bundle-rd-cable_gland"
 
 
@@ -140,7 +139,7 @@ def evaluate(path: Path, test, threads: int, ref=None) -> tuple[dict, tuple]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(CABLE_GLAND))
     ap.add_argument("--out", default="/tmp/modelopt-trial")
     ap.add_argument("--variants", default="entropy,max,entropy-conv,max-conv,entropy-nohead")
     ap.add_argument("--n-calib", type=int, default=32, help="train/good[::2][:N] calibration samples")
@@ -158,8 +157,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     bundle, out = Path(a.bundle), Path(a.out)
-    if not Path(a.data).is_dir():
-        print(f"{a.data} not found: this trial needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    if missing_data(a.data, "this trial"):
         return 2
     out.mkdir(parents=True, exist_ok=True)
     fp32, ours = bundle / "rgbd.onnx", bundle / "rgbd.int8.onnx"
@@ -201,8 +199,6 @@ def main(argv=None) -> int:
     rows = "\n".join(
         f"| {name} | {r['i_auroc']:.3f} | {r['p_auroc']:.3f} | {r['aupro']:.3f} | "
         f"{r.get('map_max_abs_diff', 0):.3f} | {r.get('score_max_abs_diff', 0):.3f} |" for name, r in res.items())
-    from benchmarks._report import machine, write_section
-
     write_section("modelopt_trial", f"""## NVIDIA ModelOpt ONNX PTQ vs our ONNX Runtime INT8 (`modelopt_trial`)
 
 nvidia-modelopt {modelopt.__version__} runs its ONNX INT8 PTQ on this CPU (no CUDA/TensorRT needed; installed

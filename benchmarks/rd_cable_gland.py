@@ -17,15 +17,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import fmt, machine, write_section  # noqa: E402
+from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
 from convert.evaluate import evaluate  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from calibrate.dataset import load_raw  # noqa: E402
 from convert.train import TrainConfig, load_run, train  # noqa: E402
 from edge.preprocess import preprocess  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
 
 
 def latency(model, params, sample, runs: int) -> dict:
@@ -54,16 +52,15 @@ def latency(model, params, sample, runs: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(CABLE_GLAND))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rd-cable_gland"))
     ap.add_argument("--epochs", type=int, help="default: rd's (convert/trainers/rd.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=200, help="latency repetitions per mode")
     a = ap.parse_args(argv)
-    if not Path(a.data).is_dir():
-        print(f"{a.data} not found: this benchmark needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    if missing_data(a.data):
         return 2
-    cmd = "python benchmarks/rd_cable_gland.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command(__file__, argv)
     torch.set_num_threads(2)
     cfg = TrainConfig(epochs=a.epochs, seed=a.seed).resolved()
     t0 = time.time()
@@ -98,7 +95,7 @@ fusion statistics from `validation/good`, evaluated on the `test` split
   parameters, {n_teacher / 1e6:.2f} M frozen teacher parameters.
 - Latency: eager PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {a.runs} runs per mode.
 - Machine: {machine()}.
-- Command: `{cmd.strip()}`
+- Command: `{cmd}`
 """
     path = write_section("rd_cable_gland", body)
     print(body)

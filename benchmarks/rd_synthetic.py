@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import fmt, machine, write_section  # noqa: E402
+from benchmarks._report import REPO, command, fmt, machine, write_section  # noqa: E402
 from calibrate import metrics  # noqa: E402
 from convert.evaluate import evaluate, infer  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.train import TrainConfig, load_run, train  # noqa: E402
 from edge.data import SyntheticConfig, make_synthetic_dataset  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
@@ -66,7 +65,7 @@ and sensor noise; defects visible in RGB only, in depth only, or in both.
 - Training wall time {train_s / 60:.1f} min. Each single-modality mode misses the defects
   only the other stream shows; the fused RGB-D mode keeps both.
 - Machine: {machine()}.
-- Command: `python benchmarks/rd_synthetic.py {' '.join(argv if argv is not None else sys.argv[1:])}`
+- Command: `{command(__file__, argv)}`
 """
     write_section("rd_synthetic", body)
     print(body)

@@ -30,7 +30,7 @@ import torch
 import yaml
 import torch.nn as nn
 
-from .models.rd import MODES, PRESENT
+from .models.rd import MODES
 
 OPSET = 17
 INPUTS = {"rgbd": ("rgb", "depth", "foreground"), "rgb": ("rgb",), "depth": ("depth", "foreground")}

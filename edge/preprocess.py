@@ -260,16 +260,20 @@ def _to_chw(img01: np.ndarray, mean, std) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
-def model_inputs(rgb_s: np.ndarray, height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams):
-    """RGB uint8 and height above the plane (metres), both at model resolution ->
-    (rgb 3 x S x S, depth 3 x S x S, normalised height S x S).
+def rgb_input(rgb_s: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """RGB uint8 at model resolution -> the normalised 3 x S x S model input."""
+    return _to_chw(rgb_s.astype(np.float32) / 255.0, params.rgb_mean, params.rgb_std)
 
-    The last step of preprocess(), public so training can edit a view (pseudo-anomalies)
-    and encode it exactly as the runtime encodes a capture.
-    """
+
+def depth_input(height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """Height above the plane (metres) at model resolution -> (depth 3 x S x S model input,
+    normalised height S x S)."""
     hn, enc = encode_depth(height_m, fg, params)
-    rgb01 = rgb_s.astype(np.float32) / 255.0
-    return _to_chw(rgb01, params.rgb_mean, params.rgb_std), _to_chw(enc, params.rgb_mean, params.rgb_std), hn
+    return _to_chw(enc, params.rgb_mean, params.rgb_std), hn
+
+
+# rgb_input and depth_input are the last step of preprocess(), public so training can edit a
+# view (pseudo-anomalies) and encode it exactly as the runtime encodes a capture.
 
 
 def preprocess(rgb: np.ndarray, depth: np.ndarray, params: PreprocessParams) -> Preprocessed:
@@ -279,7 +283,8 @@ def preprocess(rgb: np.ndarray, depth: np.ndarray, params: PreprocessParams) -> 
     if depth.shape != rgb.shape[:2]:
         raise ValueError(f"depth {depth.shape} and rgb {rgb.shape[:2]} differ: align depth to colour first")
     height_m, fg, valid, plane_ok = height_above_plane(depth, params)
-    rgb_in, depth_in, hn = model_inputs(resize_rgb(rgb, params.image_size, params.roi), height_m, fg, params)
+    depth_in, hn = depth_input(height_m, fg, params)
+    rgb_in = rgb_input(resize_rgb(rgb, params.image_size, params.roi), params)
     return Preprocessed(
         rgb=rgb_in,
         depth=depth_in,

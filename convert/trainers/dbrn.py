@@ -2,7 +2,7 @@
 
 Every step draws fresh pseudo-anomalies (convert.pseudo_anomaly) on the RGB view
 at model resolution and on the normalised height map, then encodes the edited
-views with the runtime's own edge.preprocess.model_inputs, so the network trains
+views with the runtime's own edge.preprocess rgb_input and depth_input, so the network trains
 on exactly the kind of input the Jetson feeds it.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from edge.preprocess import model_inputs
+from edge.preprocess import depth_input, rgb_input
 
 from ..pseudo_anomaly import TextureBank, synthesize
 from .common import draw_present
@@ -42,10 +42,10 @@ class DBRNTrainer:
         self.src = source_index(train_set.names)
         # Textures cut from other captures: one thumbnail per original capture (poses of the
         # same capture would only cut the part from itself).
-        firsts = {}
+        first: dict[int, int] = {}  # capture index -> its first pose; captures are numbered in order
         for i, s in enumerate(self.src):
-            firsts.setdefault(s, i)
-        self.bank = TextureBank([train_set.thumbs[i] for i in sorted(firsts.values(), key=lambda i: self.src[i])])
+            first.setdefault(s, i)
+        self.bank = TextureBank([train_set.thumbs[i] for i in first.values()])
         self.scale = params.height_scale_m or 1.0
 
     def optimizer(self, lr: float, total_steps: int):
@@ -77,9 +77,9 @@ class DBRNTrainer:
         if edited[1]:
             # Only masked pixels change: the runtime's height may leave [0, 1], which synthesize clips.
             h_new = np.where(m > 0, h_aug, h).astype(np.float32)
-            _, depth_in, _ = model_inputs(sp.thumbs[i], h_new * self.scale, fg, self.params)
+            depth_in, _ = depth_input(h_new * self.scale, fg, self.params)
         if edited[0]:
-            rgb_in, _, _ = model_inputs(rgb_u8, h * self.scale, fg, self.params)
+            rgb_in = rgb_input(rgb_u8, self.params)
         return rgb_in, depth_in, m, edited
 
     def loss(self, idx: torch.Tensor):
