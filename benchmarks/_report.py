@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def missing_data(path, what: str = "this benchmark") -> bool:
 def command(script: str, argv=None, python: str = "python") -> str:
     """The command line that reproduces a benchmark run, for its RESULTS.md section."""
     args = list(argv if argv is not None else sys.argv[1:])
-    return " ".join([python, f"benchmarks/{Path(script).name}", *args])
+    return shlex.join([python, f"benchmarks/{Path(script).name}", *args])
 
 
 def machine() -> str:

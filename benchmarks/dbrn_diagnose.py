@@ -1,0 +1,189 @@
+"""Where does a trained DBRN lose the defects? Real cable_gland test defects, pixel by pixel.
+
+For each trained run: the reconstruction error |input - reconstruction| on the real defect pixels
+(ground-truth masks at model resolution) against normal foreground, the predicted P(anomaly) on
+defects, normal foreground and background, and the image-level I-AUROC per mode. A reconstruction
+model can only find a defect the branches repair (error higher on the defect than around it) or
+the discriminator recognises. Also: mean RGB input per test class against the training split,
+since a score that follows global brightness ranks classes by exposure, not by defects.
+
+    .venv/bin/python benchmarks/dbrn_diagnose.py --run RUN_DIR[=LABEL] [--run ...] [--data DIR]
+
+Writes RUN_DIR/diagnosis.png for each run (inputs, reconstructions, errors and mask on defective
+test images) and its section of benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
+from calibrate.dataset import load_raw, prepare  # noqa: E402
+from convert.models.rd import MODES  # noqa: E402
+from convert.train import load_run  # noqa: E402
+
+
+@torch.no_grad()
+def run_model(model, split, batch: int = 8) -> dict:
+    """Reconstructions (first scale) and per-mode maps and scores over a prepared split."""
+    out = {"recon_rgb": [], "recon_depth": [], **{m: ([], []) for m in MODES}}
+    for i in range(0, len(split), batch):
+        x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
+        out["recon_rgb"].append(model.branches[0](x[0])[0])
+        out["recon_depth"].append(model.branches[1](x[1])[0])
+        for m in MODES:
+            _, score, raw = model(*x, m)
+            out[m][0].append(raw["fused"][:, 0])
+            out[m][1].append(score)
+    res = {k: torch.cat(out[k]).numpy() for k in ("recon_rgb", "recon_depth")}
+    for m in MODES:
+        res[m] = (torch.cat(out[m][0]).numpy(), torch.cat(out[m][1]).numpy())
+    return res
+
+
+@torch.no_grad()
+def test_time_dropout_auroc(model, split, passes: int, batch: int = 8) -> float:
+    """rgbd I-AUROC with the branches' encoder dropout on at test time (as published), the maps
+    of `passes` forward passes averaged; the model is left in eval mode."""
+    torch.manual_seed(0)
+    drops = [d for b in model.branches for d in b.drop]
+    for d in drops:
+        d.train()
+    try:
+        maps = [torch.cat([model(*(torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)),
+                                 "rgbd")[2]["fused"] for i in range(0, len(split), batch)]) for _ in range(passes)]
+    finally:
+        model.eval()
+    return float(roc_auc_score(split.labels, model.image_score(torch.stack(maps).mean(0)).numpy()))
+
+
+def defect_masks(split, size: int) -> np.ndarray:
+    return np.stack([np.zeros((size, size), bool) if m is None
+                     else cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+                     for m in split.masks])
+
+
+def pixel_stats(split, res: dict, gt: np.ndarray) -> dict:
+    fg = split.fg[:, 0] > 0.5
+    normal = fg & ~gt
+    err = {k: np.abs(x - res[f"recon_{k}"]).mean(1) for k, x in (("rgb", split.rgb), ("depth", split.depth))}
+    p = res["rgbd"][0]
+    return {**{f"err_{k}": (float(e[gt].mean()), float(e[normal].mean())) for k, e in err.items()},
+            "p": (float(p[gt].mean()), float(p[normal].mean()), float(p[~fg].mean())),
+            "i_auroc": {m: float(roc_auc_score(split.labels, res[m][1])) for m in MODES}}
+
+
+def sheet(split, res: dict, gt: np.ndarray, params, n: int = 6) -> np.ndarray:
+    """BGR rows for the n defective images with the largest defects: RGB in, RGB reconstruction,
+    RGB error, depth encoding in, its reconstruction, depth error, P(anomaly) (rgbd); the ground
+    truth outlined in green on each."""
+    mean, std = np.asarray(params.rgb_mean, np.float32), np.asarray(params.rgb_std, np.float32)
+
+    def rgb(chw):
+        return cv2.cvtColor((255 * np.clip(chw.transpose(1, 2, 0) * std + mean, 0, 1)).astype(np.uint8),
+                            cv2.COLOR_RGB2BGR)
+
+    def depth(chw):
+        return (255 * np.clip(chw.transpose(1, 2, 0) * 0.25 + 0.5, 0, 1)).astype(np.uint8)[..., ::-1].copy()
+
+    def heat(a, vmax):
+        return cv2.applyColorMap((255 * np.clip(a / vmax, 0, 1)).astype(np.uint8), cv2.COLORMAP_JET)
+
+    order = np.argsort(-gt.reshape(len(gt), -1).sum(1))[:n]
+    rows = []
+    for i in order:
+        er = np.abs(split.rgb[i] - res["recon_rgb"][i]).mean(0)
+        ed = np.abs(split.depth[i] - res["recon_depth"][i]).mean(0)
+        tiles = [rgb(split.rgb[i]), rgb(res["recon_rgb"][i]), heat(er, 0.5),
+                 depth(split.depth[i]), depth(res["recon_depth"][i]), heat(ed, 0.5), heat(res["rgbd"][0][i], 1.0)]
+        contours, _ = cv2.findContours(gt[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        for t in tiles:
+            cv2.drawContours(t, contours, -1, (0, 255, 0), 1)
+        rows.append(np.hstack(tiles))
+    return np.vstack(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]")
+    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dropout-passes", type=int, default=4,
+                    help="forward passes averaged for the test-time-dropout column (0: skip it)")
+    a = ap.parse_args(argv)
+    if missing_data(a.data):
+        return 2
+    torch.set_num_threads(a.threads)
+    raw_test, raw_train = load_raw(a.data, "test", False), load_raw(a.data, "train", False)
+    rows, bright, bright_label = [], None, ""
+    for item in a.run:
+        path, _, label = item.partition("=")
+        model, params, run = load_run(path)
+        model.eval()
+        test = prepare(raw_test, params, False)
+        gt = defect_masks(test, params.image_size)
+        res = run_model(model, test)
+        st = pixel_stats(test, res, gt)
+        ttd = f"{test_time_dropout_auroc(model, test, a.dropout_passes):.3f}" if a.dropout_passes else "-"
+        log = [json.loads(x) for x in (Path(path) / "train_log.jsonl").read_text().splitlines() if x.strip()]
+        n_train = run["data"]["n_train_poses"]
+        steps = len(log) * (n_train // run["train"]["batch_size"])
+        cv2.imwrite(str(Path(path) / "diagnosis.png"), sheet(test, res, gt, params))
+        rows.append(
+            f"| {label or Path(path).name} | {params.image_size} | {steps} | "
+            + " / ".join(f"{st['i_auroc'][m]:.3f}" for m in MODES) + f" | {ttd} | "
+            + f"{st['err_rgb'][0]:.3f} / {st['err_rgb'][1]:.3f} | {st['err_depth'][0]:.3f} / {st['err_depth'][1]:.3f} | "
+            + " / ".join(f"{v:.3f}" for v in st["p"]) + " |")
+        if bright is None:  # exposure and image score per class, for the first run
+            train = prepare(raw_train, params, False)
+            per_class = [(d, np.array([x == d for x in test.defects])) for d in sorted(set(test.defects), key=str)]
+            bright = "\n".join([f"| train good | {float(train.rgb.mean()):+.3f} | - |"] + [
+                f"| test {d} | {float(test.rgb[m].mean()):+.3f} | {float(res['rgbd'][1][m].mean()):+.2f} |"
+                for d, m in per_class])
+            bright_label = label or Path(path).name
+        print(rows[-1], flush=True)
+
+    body = f"""## DBRN diagnosis: what trained models do on real defects (`dbrn_diagnosis`)
+
+Real cable_gland test split (55 images, 44 anomalous), ground-truth masks resized to model resolution.
+"Error" is the mean |input - reconstruction| over channels, in the model's input units (RGB normalised
+by ImageNet mean and std, the depth encoding as the runtime makes it), on defect pixels against
+normal foreground. P(anomaly) is the rgbd mask before normalisation, on defect pixels / normal
+foreground / background. "steps" are optimiser steps. "Test-time dropout" keeps the branches'
+encoder dropout on, as published, and averages the maps of {a.dropout_passes} passes (our exported graph has
+dropout off).
+
+| run | input | steps | I-AUROC rgbd / rgb / depth | rgbd I-AUROC, test-time dropout | RGB error defect / normal | depth error defect / normal | P(anomaly) defect / normal fg / bg |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Exposure against score, per class (first run, `{bright_label}`): a score that follows global brightness
+ranks the classes by exposure, not by defects.
+
+| class | mean normalised RGB input | mean rgbd image score |
+|---|---|---|
+{bright}
+
+- Runs: the edge preset is `benchmarks/dbrn_cable_gland.py`'s; the others were trained by the
+  commands in `dbrn_development_log`.
+- Each run directory gets `diagnosis.png`: per defective image, RGB in / reconstruction / error,
+  depth encoding in / reconstruction / error, and the rgbd mask, with the ground truth in green.
+- Machine: {machine()}.
+- Command: `{command(__file__, argv)}`
+"""
+    path = write_section("dbrn_diagnosis", body)
+    print(body)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
