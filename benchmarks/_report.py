@@ -6,7 +6,10 @@ import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +59,25 @@ def write_section(name: str, body: str) -> Path:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
     return RESULTS
+
+
+def median_p99_ms(seconds) -> tuple[float, float]:
+    return 1000 * float(np.median(seconds)), 1000 * float(np.percentile(seconds, 99))
+
+
+def torch_latency(model, inputs, mode: str, runs: int, warmup: int) -> tuple[float, float]:
+    """Median / p99 ms of eager torch, model(*inputs, mode), after `warmup` untimed calls."""
+    import torch
+
+    t = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(*inputs, mode)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(*inputs, mode)
+            t.append(time.perf_counter() - t0)
+    return median_p99_ms(t)
 
 
 def fmt(v, nd: int = 3) -> str:

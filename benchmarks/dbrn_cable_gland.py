@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missing_data,  # noqa: E402
+                               torch_latency, write_section)
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
@@ -39,17 +39,10 @@ PUBLISHED_I_AUROC = 0.836  # DBRN paper, cable_gland
 METRICS = ("i_auroc", "p_auroc", "aupro")
 
 
-def torch_latency(model, feed: dict, mode: str, runs: int) -> tuple[float, float]:
+def eager_ms(model, feed: dict, mode: str, runs: int) -> tuple[float, float]:
     """Median / p99 ms of eager torch at batch 1."""
     x = [torch.from_numpy(feed[k]) for k in ("rgb", "depth", "foreground")]
-    t = []
-    with torch.inference_mode():
-        for i in range(runs + 2):
-            t0 = time.perf_counter()
-            model(*x, mode)
-            if i >= 2:  # warm-up
-                t.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(t)), 1000 * float(np.percentile(t, 99))
+    return torch_latency(model, x, mode, runs, warmup=2)
 
 
 def size_and_speed(preset: str, model, feed: dict, runs: int, threads: int) -> dict:
@@ -60,7 +53,7 @@ def size_and_speed(preset: str, model, feed: dict, runs: int, threads: int) -> d
         st = onnx_stats(path)
         lat_ort = ort_latency(path, feed, runs, threads, warmup=min(10, runs))
     return {"preset": preset, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "gflops": st["gflops"], "torch_ms": torch_latency(model, feed, "rgbd", runs),
+            "gflops": st["gflops"], "torch_ms": eager_ms(model, feed, "rgbd", runs),
             "ort_ms": (lat_ort["median_ms"], lat_ort["p99_ms"])}
 
 
@@ -133,7 +126,7 @@ def main(argv=None) -> int:
     published = create_model("dbrn", config={"image_size": 256}, preset="published").eval()
     pub = size_and_speed("published", published, feed256, 5, a.threads)
     pub["size"], edge["size"] = 256, params.image_size
-    lat_modes = {m: torch_latency(model, feed, m, a.runs) for m in MODES}
+    lat_modes = {m: eager_ms(model, feed, m, a.runs) for m in MODES}
     size_rows = "\n".join(
         f"| {s['preset']} | {s['size']} | {s['params_m']:.1f} M | {s['gflops']:.1f} | {s['torch_ms'][0]:.0f} / {s['torch_ms'][1]:.0f} | "
         f"{s['ort_ms'][0]:.0f} / {s['ort_ms'][1]:.0f} |" for s in (pub, edge))

@@ -32,37 +32,37 @@ from convert.train import load_run  # noqa: E402
 
 
 @torch.no_grad()
-def run_model(model, split, batch: int = 8) -> dict:
-    """Reconstructions (first scale) and per-mode maps and scores over a prepared split."""
-    out = {"recon_rgb": [], "recon_depth": [], **{m: ([], []) for m in MODES}}
+def run_model(model, split, modes=MODES, recon: bool = True, batch: int = 8) -> dict:
+    """Per mode, un-normalised maps and image scores over a split; with `recon`, also the
+    reconstructions (first scale)."""
+    keys = ("recon_rgb", "recon_depth") if recon else ()
+    out = {**{k: [] for k in keys}, **{m: ([], []) for m in modes}}
     for i in range(0, len(split), batch):
         x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
-        out["recon_rgb"].append(model.branches[0](x[0])[0])
-        out["recon_depth"].append(model.branches[1](x[1])[0])
-        for m in MODES:
+        for k, key in enumerate(keys):
+            out[key].append(model.branches[k](x[k])[0])
+        for m in modes:
             _, score, raw = model(*x, m)
             out[m][0].append(raw["fused"][:, 0])
             out[m][1].append(score)
-    res = {k: torch.cat(out[k]).numpy() for k in ("recon_rgb", "recon_depth")}
-    for m in MODES:
+    res = {k: torch.cat(out[k]).numpy() for k in keys}
+    for m in modes:
         res[m] = (torch.cat(out[m][0]).numpy(), torch.cat(out[m][1]).numpy())
     return res
 
 
-@torch.no_grad()
-def test_time_dropout_auroc(model, split, passes: int, batch: int = 8) -> float:
+def test_time_dropout_auroc(model, split, passes: int) -> float:
     """rgbd I-AUROC with the branches' encoder dropout on at test time (as published), the maps
     of `passes` forward passes averaged; the model is left in eval mode."""
     torch.manual_seed(0)
-    drops = [d for b in model.branches for d in b.drop]
-    for d in drops:
+    for d in (d for b in model.branches for d in b.drop):
         d.train()
     try:
-        maps = [torch.cat([model(*(torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)),
-                                 "rgbd")[2]["fused"] for i in range(0, len(split), batch)]) for _ in range(passes)]
+        maps = [run_model(model, split, modes=("rgbd",), recon=False)["rgbd"][0] for _ in range(passes)]
     finally:
         model.eval()
-    return float(roc_auc_score(split.labels, model.image_score(torch.stack(maps).mean(0)).numpy()))
+    score = model.image_score(torch.from_numpy(np.mean(maps, 0))[:, None])
+    return float(roc_auc_score(split.labels, score.numpy()))
 
 
 def defect_masks(split, size: int) -> np.ndarray:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, median_p99_ms, missing_data,  # noqa: E402
+                               torch_latency, write_section)
 from convert.evaluate import evaluate  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from calibrate.dataset import load_raw  # noqa: E402
@@ -28,26 +29,17 @@ from edge.preprocess import preprocess  # noqa: E402
 
 def latency(model, params, sample, runs: int) -> dict:
     """Median / p99 ms at batch 1: preprocessing (numpy/opencv) and model per mode."""
-    out = {}
     t = []
     for _ in range(max(runs // 4, 10)):
         t0 = time.perf_counter()
         p = preprocess(sample.rgb, sample.depth, params)
         t.append(time.perf_counter() - t0)
-    out["preprocess"] = t
+    out = {"preprocess": median_p99_ms(t)}
     rgb, depth = torch.from_numpy(p.rgb)[None], torch.from_numpy(p.depth)[None]
     fg = torch.from_numpy(p.foreground[None, None].astype(np.float32))
-    with torch.inference_mode():
-        for mode in MODES:
-            for _ in range(5):
-                model(rgb, depth, fg, mode)
-            t = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model(rgb, depth, fg, mode)
-                t.append(time.perf_counter() - t0)
-            out[mode] = t
-    return {k: (1000 * float(np.median(v)), 1000 * float(np.percentile(v, 99))) for k, v in out.items()}
+    for mode in MODES:
+        out[mode] = torch_latency(model, (rgb, depth, fg), mode, runs, warmup=5)
+    return out
 
 
 def main(argv=None) -> int:

@@ -124,6 +124,11 @@ def fit_score_stats(model, split) -> dict:
     return stats
 
 
+def _trained(saved: dict) -> dict:
+    """The trained weights in a checkpoint or model.pt; older rd runs stored them as "students"."""
+    return saved["trained"] if "trained" in saved else saved["students"]
+
+
 def _create(cfg: TrainConfig, model_config: dict):
     kw = {"preset": cfg.preset} if cfg.preset else {}
     return create_model(cfg.model, config=model_config, **kw)
@@ -178,7 +183,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     start_epoch = 0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_trained_state(ck["trained"] if "trained" in ck else ck["students"])
+        model.load_trained_state(_trained(ck))
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
@@ -266,7 +271,7 @@ def load_run(run_dir: str | Path):
     run = yaml.safe_load(run_yaml.read_text())
     model = create_model(run["model"], config=run["model_config"])
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_trained_state(state["trained"] if "trained" in state else state["students"])  # "students": older rd runs
+    model.load_trained_state(_trained(state))
     model.score_mean.copy_(state["score_mean"])
     model.score_std.copy_(state["score_std"])
     model.eval()

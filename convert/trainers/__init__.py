@@ -20,13 +20,15 @@ from .rd import RDTrainer
 TRAINERS = {"rd": RDTrainer, "dbrn": DBRNTrainer}
 
 
-def make_trainer(model_name: str, model, train_set, params):
+def _trainer_class(model_name: str):
     if model_name not in TRAINERS:
         raise ValueError(f"no trainer for model {model_name!r}; trainable models: {sorted(TRAINERS)}")
-    return TRAINERS[model_name](model, train_set, params)
+    return TRAINERS[model_name]
+
+
+def make_trainer(model_name: str, model, train_set, params):
+    return _trainer_class(model_name)(model, train_set, params)
 
 
 def trainer_defaults(model_name: str) -> dict:
-    if model_name not in TRAINERS:
-        raise ValueError(f"no trainer for model {model_name!r}; trainable models: {sorted(TRAINERS)}")
-    return dict(TRAINERS[model_name].defaults)
+    return dict(_trainer_class(model_name).defaults)
