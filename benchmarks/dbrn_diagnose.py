@@ -40,7 +40,7 @@ def run_model(model, split, modes=MODES, recon: bool = True, batch: int = 8) -> 
     for i in range(0, len(split), batch):
         x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
         for k, key in enumerate(keys):
-            out[key].append(model.branches[k](x[k])[0])
+            out[key].append(model.reconstruct(k, x[k])[0])
         for m in modes:
             _, score, raw = model(*x, m)
             out[m][0].append(raw["fused"][:, 0])
@@ -77,6 +77,8 @@ def pixel_stats(split, res: dict, gt: np.ndarray) -> dict:
     err = {k: np.abs(x - res[f"recon_{k}"]).mean(1) for k, x in (("rgb", split.rgb), ("depth", split.depth))}
     p = res["rgbd"][0]
     return {**{f"err_{k}": (float(e[gt].mean()), float(e[normal].mean())) for k, e in err.items()},
+            # does the error rank defect pixels above normal ones on the part (0.5 = no)?
+            **{f"err_auroc_{k}": float(roc_auc_score(gt[fg], e[fg])) for k, e in err.items()},
             "p": (float(p[gt].mean()), float(p[normal].mean()), float(p[~fg].mean())),
             "i_auroc": {m: float(roc_auc_score(split.labels, res[m][1])) for m in MODES}}
 
@@ -141,6 +143,7 @@ def main(argv=None) -> int:
             f"| {label or Path(path).name} | {params.image_size} | {steps} | "
             + " / ".join(f"{st['i_auroc'][m]:.3f}" for m in MODES) + f" | {ttd} | "
             + f"{st['err_rgb'][0]:.3f} / {st['err_rgb'][1]:.3f} | {st['err_depth'][0]:.3f} / {st['err_depth'][1]:.3f} | "
+            + f"{st['err_auroc_rgb']:.2f} / {st['err_auroc_depth']:.2f} | "
             + " / ".join(f"{v:.3f}" for v in st["p"]) + " |")
         if bright is None:  # exposure and image score per class, for the first run
             train = prepare(raw_train, params, False)
@@ -156,13 +159,14 @@ def main(argv=None) -> int:
 Real cable_gland test split (55 images, 44 anomalous), ground-truth masks resized to model resolution.
 "Error" is the mean |input - reconstruction| over channels, in the model's input units (RGB normalised
 by ImageNet mean and std, the depth encoding as the runtime makes it), on defect pixels against
-normal foreground. P(anomaly) is the rgbd mask before normalisation, on defect pixels / normal
+normal foreground; "error AUROC" ranks the part's pixels by that error (defect against normal, 0.5 = no
+signal). P(anomaly) is the rgbd mask before normalisation, on defect pixels / normal
 foreground / background. "steps" are optimiser steps. "Test-time dropout" keeps the branches'
 encoder dropout on, as published, and averages the maps of {a.dropout_passes} passes (our exported graph has
 dropout off).
 
-| run | input | steps | I-AUROC rgbd / rgb / depth | rgbd I-AUROC, test-time dropout | RGB error defect / normal | depth error defect / normal | P(anomaly) defect / normal fg / bg |
-|---|---|---|---|---|---|---|---|
+| run | input | steps | I-AUROC rgbd / rgb / depth | rgbd I-AUROC, test-time dropout | RGB error defect / normal | depth error defect / normal | error AUROC RGB / depth | P(anomaly) defect / normal fg / bg |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Exposure against score, per class (first run, `{bright_label}`): a score that follows global brightness

@@ -59,6 +59,10 @@ class DBRNConfig(DictConfig):
     ism_dim: int = 32
     ism_patch: int = 2
     ism_difference: bool = False  # also embed |original - reconstruction| (see docs/models.md)
+    # > 0: each branch reconstructs every pixel with it hidden (two passes, complementary
+    # checkerboards of cells this many pixels wide), so it cannot copy a defect it never sees.
+    # 0 = the paper's single pass.
+    inpaint_cell: int = 0
     disc_channels: int = 16
     disc_stride: int = 1  # discriminator runs at S / disc_stride (1 = paper); logits resized to S
     smooth_sigma: float = 4.0
@@ -86,6 +90,11 @@ class DBRNConfig(DictConfig):
             if self.patch_size % s:
                 raise ValueError(f"dbrn config: scale {s} must divide patch_size {self.patch_size}")
         down = self.patch_size * 2 ** (len(self.depths) - 1)
+        if self.inpaint_cell and (self.inpaint_cell % self.patch_size or self.inpaint_cell % max(self.scales)
+                                  or self.image_size % self.inpaint_cell):
+            raise ValueError(f"dbrn config: inpaint_cell {self.inpaint_cell} must be a multiple of patch_size "
+                             f"{self.patch_size} and of every scale {list(self.scales)}, and divide image_size "
+                             f"{self.image_size}")
         if self.image_size % down or self.image_size % (4 * self.disc_stride):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
 
@@ -387,6 +396,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
+def checkerboards(size: int, cell: int) -> torch.Tensor:
+    """2 x 1 x size x size: complementary checkerboards of cell x cell squares (1 = hidden)."""
+    i = torch.arange(size) // cell
+    a = ((i[:, None] + i[None, :]) % 2).float()
+    return torch.stack([a, 1 - a])[:, None]
+
+
 class DBRN(nn.Module):
     def __init__(self, cfg: DBRNConfig | None = None):
         super().__init__()
@@ -398,10 +414,26 @@ class DBRN(nn.Module):
         # Image-score statistics on normal validation data: [mode, "fused"] -> mean, std.
         self.register_buffer("score_mean", torch.zeros(len(MODES), 1))
         self.register_buffer("score_std", torch.ones(len(MODES), 1))
+        if cfg.inpaint_cell:  # not persistent: derived from the config, not learned
+            self.register_buffer("inpaint_masks", checkerboards(cfg.image_size, cfg.inpaint_cell), persistent=False)
 
     # -- shared pieces ---------------------------------------------------------------------------
     def _down(self, x, s: int):
         return x if s == 1 else F.avg_pool2d(x, s)
+
+    def reconstruct(self, k: int, x: torch.Tensor) -> list[torch.Tensor]:
+        """Branch k's reconstructions of x, one per scale; with inpaint_cell, each pixel comes from
+        the pass in which it was hidden (zero, the normalised mean)."""
+        if not self.cfg.inpaint_cell:
+            return self.branches[k](x)
+        m = self.inpaint_masks
+        n = x.shape[0]
+        outs = self.branches[k](torch.cat([x * (1 - m[0]), x * (1 - m[1])], 0))
+        res = []
+        for s, r in zip(self.cfg.scales, outs):
+            ms = self._down(m, s)
+            res.append(r[:n] * ms[0] + r[n:] * ms[1])
+        return res
 
     def _mask_logits(self, rgb_pairs, depth_pairs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per scale: ISM on the pairs at that scale, fused features to S, shared discriminator."""
@@ -447,7 +479,7 @@ class DBRN(nn.Module):
         for k, (x, use) in enumerate(((rgb, use_rgb), (depth, use_depth))):
             name = MODALITIES[k]
             if use:
-                recons = self.branches[k](x)
+                recons = self.reconstruct(k, x)
                 pairs.append([(self._down(x, s), r) for s, r in zip(self.cfg.scales, recons)])
                 raw[f"recon_{name}"] = recons[0]
             else:
@@ -504,7 +536,7 @@ class DBRN(nn.Module):
             swap = torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
         swap = torch.as_tensor(swap, device=rgb.device).long().view(n)
         present = torch.ones(n, 2, device=rgb.device) if present is None else torch.as_tensor(present).float().view(n, 2)
-        recons = {"rgb": self.branches[0](rgb_aug), "depth": self.branches[1](depth_aug)}
+        recons = {"rgb": self.reconstruct(0, rgb_aug), "depth": self.reconstruct(1, depth_aug)}
         pairs = {}
         for k, (name, x) in enumerate((("rgb", rgb_aug), ("depth", depth_aug))):
             twice = (swap == k + 1).float().view(n, 1, 1, 1)
