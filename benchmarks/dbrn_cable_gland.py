@@ -118,11 +118,12 @@ def main(argv=None) -> int:
 
     # Size and speed: the trained edge model and an untrained published one (weights do not matter).
     model, params, _ = load_run(a.out)
-    feed = prepare(load_raw(a.data, "test", False)[:1], params, False).feed(0)
+    first = load_raw(a.data, "test", False)[:1]
+    feed = prepare(first, params, False).feed(0)
     edge = size_and_speed("edge", model, feed, a.runs, a.threads)
     # The published configuration at the paper's 256 x 256 (untrained: weights do not change speed).
     p256 = PreprocessParams.from_dict({**params.to_dict(), "image_size": 256})
-    feed256 = prepare(load_raw(a.data, "test", False)[:1], p256, False).feed(0)
+    feed256 = prepare(first, p256, False).feed(0)
     published = create_model("dbrn", config={"image_size": 256}, preset="published").eval()
     pub = size_and_speed("published", published, feed256, 5, a.threads)
     pub["size"], edge["size"] = 256, params.image_size

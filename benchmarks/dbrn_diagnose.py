@@ -34,17 +34,20 @@ from convert.train import load_run  # noqa: E402
 @torch.no_grad()
 def run_model(model, split, modes=MODES, recon: bool = True, batch: int = 8) -> dict:
     """Per mode, un-normalised maps and image scores over a split; with `recon`, also the
-    reconstructions (first scale)."""
+    reconstructions (first scale) that the rgbd forward made."""
     keys = ("recon_rgb", "recon_depth") if recon else ()
+    if keys and "rgbd" not in modes:
+        raise ValueError("run_model: reconstructions come from the rgbd forward; include mode 'rgbd'")
     out = {**{k: [] for k in keys}, **{m: ([], []) for m in modes}}
     for i in range(0, len(split), batch):
         x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
-        for k, key in enumerate(keys):
-            out[key].append(model.reconstruct(k, x[k])[0])
         for m in modes:
             _, score, raw = model(*x, m)
             out[m][0].append(raw["fused"][:, 0])
             out[m][1].append(score)
+            if m == "rgbd":
+                for key in keys:
+                    out[key].append(raw[key])
     res = {k: torch.cat(out[k]).numpy() for k in keys}
     for m in modes:
         res[m] = (torch.cat(out[m][0]).numpy(), torch.cat(out[m][1]).numpy())
