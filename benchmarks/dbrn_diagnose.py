@@ -4,7 +4,10 @@ For each trained run: the reconstruction error |input - reconstruction| on the r
 (ground-truth masks at model resolution) against normal foreground, the predicted P(anomaly) on
 defects, normal foreground and background, and the image-level I-AUROC per mode. A reconstruction
 model can only find a defect the branches repair (error higher on the defect than around it) or
-the discriminator recognises. Also: mean RGB input per test class against the training split,
+the discriminator recognises. "Feature distance" asks whether the reconstructions hold a defect
+signal any difference detector could use: the cosine distance between frozen ImageNet features
+(EfficientNet-Lite0, strides 4 and 8) of input and reconstruction, scored as the model scores its
+mask. Also: mean RGB input per test class against the training split,
 since a score that follows global brightness ranks classes by exposure, not by defects.
 
     .venv/bin/python benchmarks/dbrn_diagnose.py --run RUN_DIR[=LABEL] [--run ...] [--data DIR]
@@ -22,11 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
+from convert.models.encoders import create_encoder  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from convert.train import load_run  # noqa: E402
 
@@ -52,6 +57,22 @@ def run_model(model, split, modes=MODES, recon: bool = True, batch: int = 8) -> 
     for m in modes:
         res[m] = (torch.cat(out[m][0]).numpy(), torch.cat(out[m][1]).numpy())
     return res
+
+
+@torch.no_grad()
+def feature_distance_auroc(model, split, res: dict, encoder) -> dict:
+    """Per modality, image AUROC of the foreground's feature distance between input and
+    reconstruction (mean over the encoder's two finest scales), pooled by the model's own image
+    score, so it compares with the mask's I-AUROC."""
+    size = split.rgb.shape[-1]
+    fg = torch.from_numpy(split.fg[:, :1] > 0.5).float()
+    out = {}
+    for k, x in (("rgb", split.rgb), ("depth", split.depth)):
+        fi, fr = encoder(torch.from_numpy(x)), encoder(torch.from_numpy(res[f"recon_{k}"]))
+        d = sum(F.interpolate((1 - F.cosine_similarity(a, b, dim=1))[:, None], size=(size, size), mode="bilinear",
+                              align_corners=False) for a, b in zip(fi[:2], fr[:2])) / 2
+        out[k] = float(roc_auc_score(split.labels, model.image_score(d * fg).numpy()))
+    return out
 
 
 def test_time_dropout_auroc(model, split, passes: int) -> float:
@@ -127,6 +148,7 @@ def main(argv=None) -> int:
     if missing_data(a.data):
         return 2
     torch.set_num_threads(a.threads)
+    encoder = create_encoder("efficientnet_lite0").eval()
     raw_test, raw_train = load_raw(a.data, "test", False), load_raw(a.data, "train", False)
     rows, bright, bright_label = [], None, ""
     for item in a.run:
@@ -137,6 +159,7 @@ def main(argv=None) -> int:
         gt = defect_masks(test, params.image_size)
         res = run_model(model, test)
         st = pixel_stats(test, res, gt)
+        fd = feature_distance_auroc(model, test, res, encoder)
         ttd = f"{test_time_dropout_auroc(model, test, a.dropout_passes):.3f}" if a.dropout_passes else "-"
         log = [json.loads(x) for x in (Path(path) / "train_log.jsonl").read_text().splitlines() if x.strip()]
         n_train = run["data"]["n_train_poses"]
@@ -146,7 +169,7 @@ def main(argv=None) -> int:
             f"| {label or Path(path).name} | {params.image_size} | {steps} | "
             + " / ".join(f"{st['i_auroc'][m]:.3f}" for m in MODES) + f" | {ttd} | "
             + f"{st['err_rgb'][0]:.3f} / {st['err_rgb'][1]:.3f} | {st['err_depth'][0]:.3f} / {st['err_depth'][1]:.3f} | "
-            + f"{st['err_auroc_rgb']:.2f} / {st['err_auroc_depth']:.2f} | "
+            + f"{st['err_auroc_rgb']:.2f} / {st['err_auroc_depth']:.2f} | {fd['rgb']:.3f} / {fd['depth']:.3f} | "
             + " / ".join(f"{v:.3f}" for v in st["p"]) + " |")
         if bright is None:  # exposure and image score per class, for the first run
             train = prepare(raw_train, params, False)
@@ -163,13 +186,16 @@ Real cable_gland test split (55 images, 44 anomalous), ground-truth masks resize
 "Error" is the mean |input - reconstruction| over channels, in the model's input units (RGB normalised
 by ImageNet mean and std, the depth encoding as the runtime makes it), on defect pixels against
 normal foreground; "error AUROC" ranks the part's pixels by that error (defect against normal, 0.5 = no
-signal). P(anomaly) is the rgbd mask before normalisation, on defect pixels / normal
+signal). "Feature-distance I-AUROC" scores each image by the cosine distance between frozen
+ImageNet features (EfficientNet-Lite0, strides 4 and 8) of input and reconstruction on the part,
+pooled as the model pools its mask: one measure of the defect signal these reconstructions hold for
+a detector that reads only the difference. P(anomaly) is the rgbd mask before normalisation, on defect pixels / normal
 foreground / background. "steps" are optimiser steps. "Test-time dropout" keeps the branches'
 encoder dropout on, as published, and averages the maps of {a.dropout_passes} passes (our exported graph has
 dropout off).
 
-| run | input | steps | I-AUROC rgbd / rgb / depth | rgbd I-AUROC, test-time dropout | RGB error defect / normal | depth error defect / normal | error AUROC RGB / depth | P(anomaly) defect / normal fg / bg |
-|---|---|---|---|---|---|---|---|---|
+| run | input | steps | I-AUROC rgbd / rgb / depth | rgbd I-AUROC, test-time dropout | RGB error defect / normal | depth error defect / normal | error AUROC RGB / depth | feature-distance I-AUROC RGB / depth | P(anomaly) defect / normal fg / bg |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Exposure against score, per class (first run, `{bright_label}`): a score that follows global brightness
