@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.models.encoders import create_encoder  # noqa: E402
+from convert.models.layers import cosine_distance  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from convert.train import load_run  # noqa: E402
 
@@ -69,8 +70,8 @@ def feature_distance_auroc(model, split, res: dict, encoder) -> dict:
     out = {}
     for k, x in (("rgb", split.rgb), ("depth", split.depth)):
         fi, fr = encoder(torch.from_numpy(x)), encoder(torch.from_numpy(res[f"recon_{k}"]))
-        d = sum(F.interpolate((1 - F.cosine_similarity(a, b, dim=1))[:, None], size=(size, size), mode="bilinear",
-                              align_corners=False) for a, b in zip(fi[:2], fr[:2])) / 2
+        d = sum(F.interpolate(cosine_distance(a, b), size=(size, size), mode="bilinear", align_corners=False)
+                for a, b in zip(fi[:2], fr[:2])) / 2
         out[k] = float(roc_auc_score(split.labels, model.image_score(d * fg).numpy()))
     return out
 
