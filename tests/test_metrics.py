@@ -32,6 +32,25 @@ def test_image_auroc_errors():
         M.image_auroc([0, 1], [0.1, np.nan])
 
 
+def test_image_auroc_interval_brackets_the_auroc_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+
+    def sample(n_good, n_bad):
+        y = np.r_[np.zeros(n_good), np.ones(n_bad)]
+        return y, rng.normal(size=y.size) + 1.2 * y
+
+    y, s = sample(11, 44)  # cable_gland's test split
+    lo, hi = M.image_auroc_interval(y, s)
+    assert lo < M.image_auroc(y, s) < hi
+    assert M.image_auroc_interval(y, s) == (lo, hi)  # seeded: reproducible
+    lo_big, hi_big = M.image_auroc_interval(*sample(110, 440))
+    assert hi_big - lo_big < hi - lo
+    # perfectly separated: every resample separates too
+    assert M.image_auroc_interval([0, 0, 1, 1, 1], [0.1, 0.2, 0.5, 0.7, 0.9]) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="both"):
+        M.image_auroc_interval([1, 1], [0.2, 0.3])
+
+
 def test_pixel_auroc_hand_computed():
     # same numbers as the image case, laid out as a 2x2 map: positives (bottom row)
     # {0.35, 0.8}, negatives {0.1, 0.4} -> 3/4
