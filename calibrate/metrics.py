@@ -113,8 +113,8 @@ def image_auroc(labels, scores) -> float:
     return float(roc_auc_score(y, s))
 
 
-def _mann_whitney_auroc(good, bad, axis=-1):
-    """P(bad > good) + P(tie) / 2 over all pairs: the ROC AUC, vectorised over resamples."""
+def _mann_whitney_auroc(good, bad):
+    """P(bad > good) + P(tie) / 2 over all pairs (last axis): the ROC AUC, vectorised over resamples."""
     g, b = np.expand_dims(good, -1), np.expand_dims(bad, -2)
     return ((b > g) + 0.5 * (b == g)).mean(axis=(-2, -1))
 
@@ -127,7 +127,8 @@ def image_auroc_interval(labels, scores, confidence: float = 0.95, n_resamples: 
     y, s = _image_inputs(labels, scores)
     res = bootstrap((s[y == 0], s[y == 1]), lambda g, b, axis=-1: _mann_whitney_auroc(
         np.moveaxis(g, axis, -1), np.moveaxis(b, axis, -1)), vectorized=True, paired=False,
-        confidence_level=confidence, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+        confidence_level=confidence, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed),
+        batch=100)  # bounds memory: each resample compares every good with every anomalous score
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
