@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .models import list_models
 from .train import TrainConfig
+from .trainers.common import PRECISIONS
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -30,7 +31,8 @@ def _cmd_train(a) -> int:
     from .train import train
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
-                      batch_size=a.batch_size, lr=a.lr, threads=a.threads, rotations=a.rotations, flip=not a.no_flip,
+                      batch_size=a.batch_size, lr=a.lr, threads=a.threads, precision=a.precision,
+                      rotations=a.rotations, flip=not a.no_flip,
                       preset=a.preset, model_config=parse_overrides(a.overrides),
                       preprocess={"depth_encoding": a.depth_encoding})
     out = train(a.data, a.out, cfg, progress=not a.quiet)
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="default: the model's (rd 0.005, dbrn 0.001)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    t.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="bf16: bfloat16 forward passes, faster on CPUs with AVX-512 BF16 or AMX (weights stay fp32)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
 

@@ -30,6 +30,7 @@ from edge.preprocess import PreprocessParams, fit_depth_normalisation
 from .models import create_model
 from .models.rd import MODES
 from .trainers import make_trainer, trainer_defaults
+from .trainers.common import check_precision
 from calibrate.dataset import load_raw, prepare
 
 
@@ -43,6 +44,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 5
     threads: int = 0  # 0 = torch default
+    # "bf16": forward passes in bfloat16 autocast (CPUs with AVX-512 BF16 or AMX); weights,
+    # optimiser, losses and every evaluated or exported graph stay fp32.
+    precision: str = "fp32"
     # Pose augmentation of the normal training captures: parts arrive on a line in
     # any rotation, and a student that saw 80 poses calls a 81st pose anomalous.
     rotations: int = 8  # evenly spaced angles (multiples of 90 degrees are exact)
@@ -137,6 +141,7 @@ def _create(cfg: TrainConfig, model_config: dict):
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(out)
     cfg = cfg.resolved()
+    check_precision(cfg.precision)  # before minutes of data loading
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -176,7 +181,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
 
     n = len(train_set)
     steps_per_epoch = sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)
-    trainer = make_trainer(cfg.model, model, train_set, params)
+    trainer = make_trainer(cfg.model, model, train_set, params, cfg.precision)
     if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
         cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
     opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs)

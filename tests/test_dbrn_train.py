@@ -108,6 +108,39 @@ def test_augment_encodes_edits_like_the_runtime(split):
     assert {(True, False), (False, True), (True, True), (False, False)} <= seen
 
 
+def _step_loss(tr, seed: int):
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    loss, parts = tr.loss(torch.arange(4))
+    return loss, parts
+
+
+def test_bf16_step_has_fp32_losses_and_gradients_close_to_fp32(split):
+    sp, params, _ = split
+    torch.manual_seed(0)
+    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY})
+    model.eval()  # dropout off: the two precisions see the same network and the same draws
+    exact, _ = _step_loss(DBRNTrainer(model, sp, params), seed=3)
+    loss, parts = _step_loss(DBRNTrainer(model, sp, params, precision="bf16"), seed=3)
+    value, reference = float(loss.detach()), float(exact.detach())
+    assert loss.dtype == torch.float32 and math.isfinite(value)
+    assert abs(value - reference) < 0.05 * abs(reference)  # bf16 products, same loss
+    assert set(parts) == {"l2_rgb", "ssim_rgb", "l2_depth", "ssim_depth", "focal"}
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+        if p.grad is not None:
+            assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+
+def test_unknown_precision_is_refused_before_training(tmp_path, tiny_dataset):
+    from convert.train import train
+
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(model="dbrn", precision="fp16"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ CLI train, resume, eval
 
 
@@ -134,6 +167,14 @@ def test_cli_train_writes_a_dbrn_run(dbrn_run):
     for r in recs:
         assert {"loss", "l2_rgb", "l2_depth", "ssim_rgb", "ssim_depth", "focal", "lr"} <= set(r)
         assert all(math.isfinite(r[k]) for k in ("loss", "focal", "lr"))
+
+
+def test_cli_bf16_run_is_recorded_and_stays_fp32(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    assert main(_train_argv(tiny_dataset, out, 1) + ["--precision", "bf16"]) == 0
+    assert yaml.safe_load((out / "run.yaml").read_text())["train"]["precision"] == "bf16"
+    model, _, _ = load_run(out)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_load_run_gives_a_deterministic_model_in_every_mode(dbrn_run, tiny_dataset):

@@ -132,6 +132,14 @@ def test_cli_resume_adds_epochs(tmp_path, trained_run, capsys):
     _assert_same_students(_students(out), _students(trained_run.run))
 
 
+def test_bf16_rd_run_keeps_fp32_weights(tmp_path, tiny_dataset):
+    out = train(tiny_dataset, tmp_path / "run", TrainConfig(epochs=1, precision="bf16", **FAST), progress=False)
+    assert yaml.safe_load((out / "run.yaml").read_text())["train"]["precision"] == "bf16"
+    weights = [v for v in _students(out).values() if v.is_floating_point()]  # not BN's step counters
+    assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    assert math.isfinite(json.loads((out / "train_log.jsonl").read_text())["loss"])
+
+
 def test_resume_refuses_a_different_model_config(tmp_path, tiny_dataset):
     out = tmp_path / "run"
     train(tiny_dataset, out, TrainConfig(epochs=1, **FAST), progress=False)

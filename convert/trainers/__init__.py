@@ -6,7 +6,8 @@ training split, and exposes:
     defaults: dict              epochs, lr, image_size this family trains with unless told
     optimizer(lr, total_steps)  -> (torch optimizer, per-step LR scheduler or None)
     train_mode()                put the trained modules in training mode (once per epoch)
-    loss(idx)                   -> (loss tensor to back-propagate, {name: float} for the log)
+    loss(idx)                   -> (loss tensor to back-propagate, {name: float} for the log);
+                                its forward pass runs under common.autocast(precision)
     preview() (optional)        BGR sheet of training inputs, saved as RUN_DIR/training_samples.png
 
 Randomness comes from numpy's and torch's global generators, which the shared
@@ -26,8 +27,8 @@ def _trainer_class(model_name: str):
     return TRAINERS[model_name]
 
 
-def make_trainer(model_name: str, model, train_set, params):
-    return _trainer_class(model_name)(model, train_set, params)
+def make_trainer(model_name: str, model, train_set, params, precision: str = "fp32"):
+    return _trainer_class(model_name)(model, train_set, params, precision=precision)
 
 
 def trainer_defaults(model_name: str) -> dict:

@@ -16,7 +16,7 @@ import torch
 from edge.preprocess import depth_input, rgb_input
 
 from ..pseudo_anomaly import TextureBank, synthesize
-from .common import draw_present
+from .common import as_float, autocast, draw_present
 
 
 def source_index(names: list[str]) -> list[int]:
@@ -37,8 +37,8 @@ class DBRNTrainer:
     defaults = {"epochs": 27, "lr": 0.001, "image_size": 128}
     warmup_steps = 100
 
-    def __init__(self, model, train_set, params):
-        self.model, self.split, self.params = model, train_set, params
+    def __init__(self, model, train_set, params, precision: str = "fp32"):
+        self.model, self.split, self.params, self.precision = model, train_set, params, precision
         self.src = source_index(train_set.names)
         # Textures cut from other captures: one thumbnail per original capture (poses of the
         # same capture would only cut the part from itself).
@@ -92,10 +92,10 @@ class DBRNTrainer:
         rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
         present = draw_present(len(ids), model.cfg.modality_dropout)
         mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present)
-        out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
-                                     torch.from_numpy(np.stack(depth_aug)), present=present)
-        parts = model.losses(out, {"rgb": rgb, "depth": depth, "fg": fg,
-                                   "mask": mask})
+        with autocast(self.precision):
+            out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
+                                         torch.from_numpy(np.stack(depth_aug)), present=present)
+        parts = model.losses(as_float(out), {"rgb": rgb, "depth": depth, "fg": fg, "mask": mask})
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
     def preview(self, n: int = 6, seed: int = 0) -> np.ndarray:

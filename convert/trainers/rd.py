@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..models.rd import MODALITIES
-from .common import draw_present
+from .common import as_float, autocast, draw_present
 
 
 @torch.no_grad()
@@ -20,8 +20,8 @@ def teacher_bank(model, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor]:
 class RDTrainer:
     defaults = {"epochs": 16, "lr": 0.005, "image_size": 256}
 
-    def __init__(self, model, train_set, params):
-        self.model = model
+    def __init__(self, model, train_set, params, precision: str = "fp32"):
+        self.model, self.precision = model, precision
         self.bank = {m: teacher_bank(model, torch.from_numpy(getattr(train_set, m))) for m in MODALITIES}
         self.fg = torch.from_numpy(train_set.fg)
 
@@ -36,7 +36,8 @@ class RDTrainer:
         model = self.model
         present = draw_present(len(idx), model.cfg.modality_dropout)
         t = {m: [f[idx] for f in self.bank[m]] for m in MODALITIES}
-        s_feats = model.student_features(t["rgb"], t["depth"], present)
+        with autocast(self.precision):
+            s_feats = as_float(model.student_features(t["rgb"], t["depth"], present))
         loss = 0.0
         for k, m in enumerate(MODALITIES):
             per_sample = model.distillation_loss(t[m], s_feats[k], self.fg[idx])
