@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.models import create_model  # noqa: E402
-from convert.train import augment_samples  # noqa: E402
+from convert.train import augment_samples, optimiser_step  # noqa: E402
 from convert.trainers import make_trainer, trainer_defaults  # noqa: E402
 from convert.trainers.common import PRECISIONS, bf16_is_native  # noqa: E402
 from edge.preprocess import PreprocessParams, fit_depth_normalisation  # noqa: E402
@@ -37,24 +37,28 @@ CONFIGS = [
 STEPS_PER_EPOCH = 160  # cable_gland: 80 captures x 16 poses, batch 8
 
 
-def step_seconds(name: str, overrides: dict, precision: str, raw, steps: int, warmup: int = 3) -> float:
+def prepared(name: str, raw, cache: dict):
+    """(split, params) at the family's default input size, prepared once per size."""
     size = trainer_defaults(name)["image_size"]
-    params = fit_depth_normalisation([s.depth for s in raw], PreprocessParams(image_size=size))
-    split = prepare(augment_samples(raw, 8, True), params, False)
+    if size not in cache:
+        params = fit_depth_normalisation([s.depth for s in raw], PreprocessParams(image_size=size))
+        cache[size] = prepare(augment_samples(raw, 8, True), params, False), params
+    return cache[size]
+
+
+def step_seconds(name: str, overrides: dict, precision: str, split, params, steps: int, warmup: int = 3) -> float:
+    """Median seconds of the training loop's own step (convert.train.optimiser_step)."""
     torch.manual_seed(0)
     np.random.seed(0)
-    model = create_model(name, config={"image_size": size, **overrides})
+    model = create_model(name, config={"image_size": params.image_size, **overrides})
     trainer = make_trainer(name, model, split, params, precision)
-    opt, _ = trainer.optimizer(1e-3, 1000)
+    opt, sched = trainer.optimizer(1e-3, 1000)
     trainer.train_mode()
     times = []
     for it in range(warmup + steps):
         idx = torch.randperm(len(split))[:8]
         t0 = time.perf_counter()
-        loss, _ = trainer.loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimiser_step(trainer, opt, sched, idx)
         if it >= warmup:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
@@ -71,9 +75,10 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(a.threads)
     raw = load_raw(a.data, "train", False)[: a.captures]
-    rows = []
+    rows, splits = [], {}
     for label, name, overrides in tqdm(CONFIGS, desc="configurations"):
-        s = {p: step_seconds(name, overrides, p, raw, a.steps) for p in PRECISIONS}
+        split, params = prepared(name, raw, splits)
+        s = {p: step_seconds(name, overrides, p, split, params, a.steps) for p in PRECISIONS}
         rows.append(f"| {label} | {s['fp32']:.2f} | {s['bf16']:.2f} | {s['fp32'] / s['bf16']:.2f} x "
                     f"| {s['fp32'] * STEPS_PER_EPOCH / 60:.1f} / {s['bf16'] * STEPS_PER_EPOCH / 60:.1f} |")
     body = f"""## Training step time, fp32 against bf16 autocast (`train_step_precision`)

@@ -138,6 +138,18 @@ def _create(cfg: TrainConfig, model_config: dict):
     return create_model(cfg.model, config=model_config, **kw)
 
 
+def optimiser_step(trainer, opt, sched, idx: torch.Tensor) -> tuple[float, dict]:
+    """One step of the loop on the samples idx: the trainer's loss, backward, optimiser and
+    scheduler. Returns (loss, the trainer's log parts)."""
+    loss, extra = trainer.loss(idx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return float(loss.detach()), extra
+
+
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(out)
     cfg = cfg.resolved()
@@ -214,13 +226,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            loss, extra = trainer.loss(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(float(loss.detach()))
+            loss, extra = optimiser_step(trainer, opt, sched, idx)
+            losses.append(loss)
             for k, v in extra.items():
                 parts.setdefault(k, []).append(v)
             steps.set_postfix(loss=f"{losses[-1]:.4f}")

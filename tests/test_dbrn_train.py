@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 from conftest import TINY_SIZE  # noqa: E402
 from convert.cli import main  # noqa: E402
 from convert.export import parity_ok  # noqa: E402
-from convert.train import TrainConfig, augment_samples, load_run  # noqa: E402
+from convert.train import TrainConfig, augment_samples, load_run, train  # noqa: E402
 from convert.trainers.dbrn import DBRNTrainer, source_index, target_mask  # noqa: E402
 from convert.models import create_model  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
@@ -134,8 +134,6 @@ def test_bf16_step_has_fp32_losses_and_gradients_close_to_fp32(split):
 
 
 def test_unknown_precision_is_refused_before_training(tmp_path, tiny_dataset):
-    from convert.train import train
-
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
         train(tiny_dataset, tmp_path / "run", TrainConfig(model="dbrn", precision="fp16"), progress=False)
     assert not (tmp_path / "run").exists()
