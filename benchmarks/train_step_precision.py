@@ -33,6 +33,8 @@ CONFIGS = [
     ("dbrn edge preset, 128 x 128, patch 2", "dbrn", {}),
     ("dbrn, 128, patch 2, inpainting passes (`inpaint_cell=8`)", "dbrn", {"inpaint_cell": 8}),
     ("dbrn, 128, patch 4, scales 1/2/4, inpainting passes", "dbrn", {"inpaint_cell": 8, "patch_size": 4, "scales": [1, 2, 4]}),
+    ("dbrn, 128, patch 2, inpainting, one training pass (`inpaint_train_passes=1`)", "dbrn",
+     {"inpaint_cell": 8, "inpaint_train_passes": 1}),
 ]
 STEPS_PER_EPOCH = 160  # cable_gland: 80 captures x 16 poses, batch 8
 

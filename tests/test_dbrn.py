@@ -248,3 +248,47 @@ def test_inpainting_exports_with_parity(tmp_path):
     path = export_mode(net, "rgbd", S, tmp_path / "rgbd.onnx")
     res = parity(net, "rgbd", path, [example_inputs("rgbd", S, seed=0)])
     assert res["max_abs_map"] <= 1e-4 and res["max_abs_score"] <= 1e-4, res
+
+
+def test_one_pass_inpainting_training_counts_hidden_cells_only(inputs):
+    """inpaint_train_passes=1: each sample's branches run once with one checkerboard hidden (the same
+    board for both streams); visible cells are the input itself, so targets and anomaly labels there
+    must not move the L2 or focal losses, while the same change on hidden cells does."""
+    with pytest.raises(ValueError, match="inpaint_train_passes"):
+        DBRNConfig.from_dict({**TINY, "inpaint_cell": 8, "inpaint_train_passes": 3})
+    torch.manual_seed(0)
+    m = DBRN(DBRNConfig.from_dict({**TINY, "inpaint_cell": 8, "inpaint_train_passes": 1})).train()
+    rgb, depth, fg = inputs
+    mask = torch.zeros(N, 1, S, S)
+    mask[:, :, 20:28, 20:28] = 1.0
+    torch.manual_seed(1)
+    out = m.training_forward(rgb, depth, fg, rgb + mask, depth - mask, swap=torch.zeros(N))
+    hidden = out["hidden"]
+    assert hidden.shape == (N, 1, S, S) and torch.all((hidden.mean((1, 2, 3)) - 0.5).abs() < 1e-6)
+    for name, x in (("rgb", rgb + mask), ("depth", depth - mask)):
+        assert torch.equal(out["recon"][name][0] * (1 - hidden), x * (1 - hidden))
+    targets = {"rgb": rgb, "depth": depth, "fg": fg, "mask": mask}
+    base = m.losses(out, targets)
+    parts = ("l2_rgb", "l2_depth", "focal")
+
+    def moved(region):
+        t = {**targets, "rgb": rgb + 5 * region, "depth": depth - 5 * region, "mask": (mask + region).clamp(0, 1)}
+        new = m.losses(out, t)
+        return [not torch.allclose(new[k], base[k]) for k in parts]
+
+    assert moved(1 - hidden) == [False] * 3
+    assert moved(hidden) == [True] * 3
+    base["total"].backward()
+
+
+def test_one_pass_training_step_cost_halves_branch_batch(inputs):
+    """The point of one pass: each branch sees N images a step, not 2 N."""
+    seen = []
+    torch.manual_seed(0)
+    rgb, depth, fg = inputs
+    for passes in (2, 1):
+        m = DBRN(DBRNConfig.from_dict({**TINY, "inpaint_cell": 8, "inpaint_train_passes": passes})).train()
+        h = m.branches[0].register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+        m.training_forward(rgb, depth, fg, rgb, depth)
+        h.remove()
+    assert seen == [2 * N, N]

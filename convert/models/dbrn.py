@@ -63,6 +63,11 @@ class DBRNConfig(DictConfig):
     # checkerboards of cells this many pixels wide), so it cannot copy a defect it never sees.
     # 0 = the paper's single pass.
     inpaint_cell: int = 0
+    # Training with inpaint_cell: 2 runs both passes as inference does; 1 runs each branch once a
+    # step on one checkerboard drawn per sample and takes every loss on its hidden cells only
+    # (visible cells stand in for their own reconstruction), half the branches' cost a step.
+    # Inference always runs both passes.
+    inpaint_train_passes: int = 2
     disc_channels: int = 16
     disc_stride: int = 1  # discriminator runs at S / disc_stride (1 = paper); logits resized to S
     smooth_sigma: float = 4.0
@@ -95,6 +100,8 @@ class DBRNConfig(DictConfig):
             raise ValueError(f"dbrn config: inpaint_cell {self.inpaint_cell} must be a multiple of patch_size "
                              f"{self.patch_size} and of every scale {list(self.scales)}, and divide image_size "
                              f"{self.image_size}")
+        if self.inpaint_train_passes not in (1, 2):
+            raise ValueError(f"dbrn config: inpaint_train_passes must be 1 or 2, got {self.inpaint_train_passes}")
         if self.image_size % down or self.image_size % (4 * self.disc_stride):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
 
@@ -360,9 +367,9 @@ def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM per sample (N), Gaussian window, per channel. Inputs of any range: constants from the
-    dynamic range of b (clamped away from zero)."""
+def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM per pixel and channel (N x C x H x W), Gaussian window. Inputs of any range: constants
+    from the dynamic range of b (clamped away from zero)."""
     c = a.shape[1]
     size = min(size, a.shape[-1] - (1 - a.shape[-1] % 2))
     win = _gauss_window(size, sigma).to(a).repeat(c, 1, 1, 1)
@@ -376,15 +383,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -
     saa = filt(a * a) - mu_a ** 2
     sbb = filt(b * b) - mu_b ** 2
     sab = filt(a * b) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    return m.flatten(1).mean(1)
+    return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM per sample (N)."""
+    return ssim_map(a, b, size, sigma).flatten(1).mean(1)
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x over the pixels weight selects (weight broadcasts over channels); plain mean if None."""
+    if weight is None:
+        return x.mean()
+    weight = weight.expand_as(x)
+    return (x * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = p * target + (1 - p) * (1 - target)
-    return ((1 - pt) ** gamma * ce).mean()
+    return weighted_mean((1 - pt) ** gamma * ce, weight)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -434,6 +454,16 @@ class DBRN(nn.Module):
             ms = self._down(m, s)
             res.append(r[:n] * ms[0] + r[n:] * ms[1])
         return res
+
+    def _reconstruct_one_pass(self, k: int, x: torch.Tensor, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Training with inpaint_train_passes=1: branch k's pass with `hidden` (N x 1 x S x S) zeroed;
+        per scale, its reconstruction on the hidden cells and x itself on the visible ones."""
+        outs = self.branches[k](x * (1 - hidden))
+        return [r * h + self._down(x, s) * (1 - h)
+                for s, r, h in zip(self.cfg.scales, outs, self._hidden_scales(hidden))]
+
+    def _hidden_scales(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        return [self._down(hidden, s) for s in self.cfg.scales]
 
     def _mask_logits(self, rgb_pairs, depth_pairs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per scale: ISM on the pairs at that scale, fused features to S, shared discriminator."""
@@ -536,7 +566,15 @@ class DBRN(nn.Module):
             swap = torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
         swap = torch.as_tensor(swap, device=rgb.device).long().view(n)
         present = torch.ones(n, 2, device=rgb.device) if present is None else torch.as_tensor(present).float().view(n, 2)
-        recons = {"rgb": self.reconstruct(0, rgb_aug), "depth": self.reconstruct(1, depth_aug)}
+        hidden = None
+        if self.cfg.inpaint_cell and self.cfg.inpaint_train_passes == 1:
+            # One board per sample, shared by both branches: a cell the fused map is trained on must
+            # be an inpainting in both streams, as every cell is at run time.
+            hidden = self.inpaint_masks[torch.randint(0, 2, (n,), device=rgb.device)]
+            recons = {"rgb": self._reconstruct_one_pass(0, rgb_aug, hidden),
+                      "depth": self._reconstruct_one_pass(1, depth_aug, hidden)}
+        else:
+            recons = {"rgb": self.reconstruct(0, rgb_aug), "depth": self.reconstruct(1, depth_aug)}
         pairs = {}
         for k, (name, x) in enumerate((("rgb", rgb_aug), ("depth", depth_aug))):
             twice = (swap == k + 1).float().view(n, 1, 1, 1)
@@ -547,7 +585,7 @@ class DBRN(nn.Module):
                 pairs[name].append((keep * xs, keep * (twice * xs + (1 - twice) * r)))
         logits, weights = self._mask_logits(pairs["rgb"], pairs["depth"])
         return {"recon": recons, "mask_logits": logits, "ism_weights": weights, "swap": swap, "present": present,
-                "ism_pairs": pairs}
+                "ism_pairs": pairs, "hidden": hidden}
 
     def losses(self, outputs: dict, targets: dict) -> dict:
         """targets: rgb, depth (clean originals), fg (N x 1 x S x S part mask, optional) and mask
@@ -559,21 +597,24 @@ class DBRN(nn.Module):
         fg = torch.zeros(n, 1, s_, s_, device=ref.device) if fg is None else fg
         an = targets.get("mask")
         an = torch.zeros(n, 1, s_, s_, device=ref.device) if an is None else an
+        # One-pass inpainting training: only the hidden cells were reconstructed, so only they count.
+        hidden = outputs.get("hidden")
+        hs = self._hidden_scales(hidden) if hidden is not None else [None] * len(cfg.scales)
         out, l2_total, ssim_total = {}, 0.0, 0.0
         for name in MODALITIES:
             l2 = ss = 0.0
-            for s, r in zip(cfg.scales, outputs["recon"][name]):
+            for s, r, h in zip(cfg.scales, outputs["recon"][name], hs):
                 t = self._down(targets[name], s)
                 f, a = self._down(fg, s), self._down(an, s)
                 w = cfg.lambda_bg * (1 - f) * (1 - a) + cfg.lambda_fg * f * (1 - a) + cfg.lambda_anomaly * a
-                l2 = l2 + ((r - t) ** 2 * w).mean()
-                ss = ss + (1 - ssim(r, t)).mean()
+                l2 = l2 + weighted_mean((r - t) ** 2 * w, h)
+                ss = ss + weighted_mean(1 - ssim_map(r, t), h)
             out[f"l2_{name}"] = l2 / len(cfg.scales)
             out[f"ssim_{name}"] = ss / len(cfg.scales)
             l2_total = l2_total + out[f"l2_{name}"]
             ssim_total = ssim_total + out[f"ssim_{name}"]
         logits = outputs["mask_logits"]
-        out["focal"] = sum(focal_loss(lg, an, cfg.focal_gamma) for lg in logits) / len(logits)
+        out["focal"] = sum(focal_loss(lg, an, cfg.focal_gamma, hidden) for lg in logits) / len(logits)
         out["total"] = l2_total + cfg.lambda_ssim * ssim_total + cfg.lambda_focal * out["focal"]
         if cfg.lambda_dice:
             out["dice"] = sum(soft_dice_loss(lg, an) for lg in logits) / len(logits)
