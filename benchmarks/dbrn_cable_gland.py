@@ -3,6 +3,7 @@ bundle (ONNX export, INT8, thresholds), compare with the reverse-distillation st
 measure size and CPU latency of the published and edge configurations.
 
     .venv/bin/python benchmarks/dbrn_cable_gland.py [--data DIR] [--out RUN_DIR] [--epochs N]
+        [--precision fp32|bf16] [--set KEY=VALUE ...]
 
 Re-running resumes (or reuses) the run directory. The rd rows come from the rd bundle that
 benchmarks/int8_cable_gland.py builds (runs/bundle-rd-cable_gland). Writes its section of
@@ -27,12 +28,14 @@ from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missin
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
+from convert.cli import parse_overrides  # noqa: E402
 from convert.evaluate import evaluate  # noqa: E402
 from convert.export import export_mode  # noqa: E402
 from convert.models import create_model  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from convert.onnx_stats import onnx_stats  # noqa: E402
 from convert.train import TrainConfig, load_run, train  # noqa: E402
+from convert.trainers.common import PRECISIONS  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
 
 PUBLISHED_I_AUROC = 0.836  # DBRN paper, cable_gland
@@ -63,6 +66,14 @@ def rd_rows(bundle: Path) -> dict | None:
     return yaml.safe_load((bundle / "bundle.yaml").read_text())["provenance"]["metrics"]
 
 
+def inpainting(mc: dict) -> str:
+    cell = mc.get("inpaint_cell", 0)
+    if not cell:
+        return "no inpainting passes"
+    passes = "one pass a training step" if mc.get("inpaint_train_passes", 2) == 1 else "both passes in training too"
+    return f"inpainting passes with {cell}-pixel cells ({passes})"
+
+
 def pts(a: float, b: float) -> str:
     return f"{100 * (b - a):+.1f}"
 
@@ -75,6 +86,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rd-bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
     ap.add_argument("--epochs", type=int, help="default: dbrn's (convert/trainers/dbrn.py)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="bf16",
+                    help="training steps (bf16: forward in bfloat16 autocast, about 1.6 x faster here)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="edge preset override, as rgbd-convert train --set (a run directory trained with the "
+                         "same overrides is reused)")
     ap.add_argument("--runs", type=int, default=50, help="latency repetitions (edge); the published model gets 5")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -83,7 +99,8 @@ def main(argv=None) -> int:
     cmd = command(__file__, argv)
     torch.set_num_threads(a.threads)
 
-    cfg = TrainConfig(model="dbrn", epochs=a.epochs, seed=a.seed, checkpoint_every=1).resolved()
+    cfg = TrainConfig(model="dbrn", epochs=a.epochs, seed=a.seed, checkpoint_every=1, precision=a.precision,
+                      model_config=parse_overrides(a.overrides)).resolved()
     train(a.data, a.out, cfg, progress=True)
     run = yaml.safe_load((Path(a.out) / "run.yaml").read_text())
     log = [json.loads(x) for x in (Path(a.out) / "train_log.jsonl").read_text().splitlines()]
@@ -141,7 +158,7 @@ difference plane: {mc['ism_difference']}, discriminator {mc['disc_channels']} ch
 resolution), trained from scratch on
 `train/good` ({run['data']['n_train']} captures x {run['data']['n_train_poses'] // run['data']['n_train']} poses)
 with fresh Perlin pseudo-anomalies every step, {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr}
-(warm-up then cosine). Score statistics from `validation/good`; test split of {results['rgbd']['n_images']} images ({results['rgbd']['n_anomalous']} anomalous),
+(warm-up then cosine), {cfg.precision} training steps, {inpainting(mc)}. Score statistics from `validation/good`; test split of {results['rgbd']['n_images']} images ({results['rgbd']['n_anomalous']} anomalous),
 metrics at the masks' 400 x 400 resolution, AUPRO to 30 % FPR.
 
 **RGB-D I-AUROC {fmt(rgbd_i)}** against the published {PUBLISHED_I_AUROC} on this category

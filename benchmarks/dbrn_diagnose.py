@@ -212,8 +212,8 @@ ranks the classes by exposure, not by defects.
 |---|---|---|
 {bright}
 
-- Runs: the edge preset is `benchmarks/dbrn_cable_gland.py`'s; the others were trained by the
-  commands in `dbrn_development_log`.
+- Runs: trained by the commands in `dbrn_development_log` (the earlier edge preset's by
+  `benchmarks/dbrn_cable_gland.py`, which also evaluates and bundles today's edge preset run).
 - Each run directory gets `diagnosis.png`: per defective image, RGB in / reconstruction / error,
   depth encoding in / reconstruction / error, and the rgbd mask, with the ground truth in green.
 - Machine: {machine()}.

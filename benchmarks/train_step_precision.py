@@ -28,13 +28,14 @@ from convert.trainers.common import PRECISIONS, bf16_is_native  # noqa: E402
 from edge.preprocess import PreprocessParams, fit_depth_normalisation  # noqa: E402
 
 # (label, model family, model config overrides)
+P2 = {"patch_size": 2, "scales": [1, 2]}
 CONFIGS = [
     ("rd, 256 x 256 (default)", "rd", {}),
-    ("dbrn edge preset, 128 x 128, patch 2", "dbrn", {}),
-    ("dbrn, 128, patch 2, inpainting passes (`inpaint_cell=8`)", "dbrn", {"inpaint_cell": 8}),
-    ("dbrn, 128, patch 4, scales 1/2/4, inpainting passes", "dbrn", {"inpaint_cell": 8, "patch_size": 4, "scales": [1, 2, 4]}),
+    ("dbrn, 128 x 128, patch 2, no inpainting (the earlier edge preset)", "dbrn", {**P2, "inpaint_cell": 0}),
+    ("dbrn, 128, patch 2, inpainting passes (`inpaint_cell=8`)", "dbrn", {**P2, "inpaint_cell": 8}),
+    ("dbrn edge preset: 128, patch 4, scales 1/2/4, inpainting passes", "dbrn", {}),
     ("dbrn, 128, patch 2, inpainting, one training pass (`inpaint_train_passes=1`)", "dbrn",
-     {"inpaint_cell": 8, "inpaint_train_passes": 1}),
+     {**P2, "inpaint_cell": 8, "inpaint_train_passes": 1}),
 ]
 STEPS_PER_EPOCH = 160  # cable_gland: 80 captures x 16 poses, batch 8
 

@@ -166,6 +166,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         raise ValueError(f"{data}: the train split has no samples")
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
+    saved_config = None
     if run_yaml.exists() and ckpt_path.exists():
         run = yaml.safe_load(run_yaml.read_text())
         params = PreprocessParams.from_dict(run["preprocess"])
@@ -174,11 +175,15 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
             raise ValueError(f"{out}: holds a different run (model/config differ); choose another --out")
         if run["data"]["train_fingerprint"] != fingerprint:
             raise ValueError(f"{out}: was trained on different data than {data}; choose another --out")
+        saved_config = run["model_config"]
     else:
         base = PreprocessParams(**{"image_size": cfg.image_size, **cfg.preprocess})
         params = fit_depth_normalisation([s.depth for s in train_raw], base)
     train_set = prepare(augment_samples(train_raw, cfg.rotations, cfg.flip), params, progress, "preprocess train")
-    model = _create(cfg, {"image_size": params.image_size, **cfg.model_config})
+    if saved_config is None:
+        model = _create(cfg, {"image_size": params.image_size, **cfg.model_config})
+    else:  # resume what was trained, even if the preset has changed since
+        model = create_model(cfg.model, config=saved_config, preset=None)
 
     run = {
         "schema": 1,
@@ -281,7 +286,7 @@ def load_run(run_dir: str | Path):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: is {run_dir} a finished training run?")
     run = yaml.safe_load(run_yaml.read_text())
-    model = create_model(run["model"], config=run["model_config"])
+    model = create_model(run["model"], config=run["model_config"], preset=None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_trained_state(_trained(state))
     model.score_mean.copy_(state["score_mean"])

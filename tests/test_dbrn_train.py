@@ -145,7 +145,7 @@ def test_unknown_precision_is_refused_before_training(tmp_path, tiny_dataset):
 def test_each_family_has_its_own_defaults_unless_told():
     rd, dbrn = TrainConfig(model="rd").resolved(), TrainConfig(model="dbrn").resolved()
     assert (rd.image_size, rd.lr, rd.epochs) == (256, 0.005, 16)
-    assert (dbrn.image_size, dbrn.lr, dbrn.epochs) == (128, 0.001, 27)
+    assert (dbrn.image_size, dbrn.lr, dbrn.epochs) == (128, 0.001, 50)
     told = TrainConfig(model="dbrn", image_size=96, lr=0.1, epochs=1).resolved()
     assert (told.image_size, told.lr, told.epochs) == (96, 0.1, 1)
 
@@ -270,3 +270,17 @@ def test_daemon_runs_a_dbrn_bundle_with_fallback(tmp_path, dbrn_bundle, tiny_dat
                for r in others)
     c = daemon.counters.snapshot()
     assert c["frames_inspected"] == len(refs) and c["engine_errors"] == 0
+
+
+def test_a_run_loads_as_trained_when_the_preset_changes_later(tmp_path, dbrn_run):
+    """run.yaml holds the complete config; a key added after the run was trained takes the field
+    default (the behaviour of the code it was trained with), not today's preset value."""
+    assert create_model("dbrn", config=TINY).cfg.inpaint_cell == 8  # today's edge preset
+    old = tmp_path / "old_run"
+    shutil.copytree(dbrn_run, old)
+    run = yaml.safe_load((old / "run.yaml").read_text())
+    del run["model_config"]["inpaint_cell"]
+    (old / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    model, _, _ = load_run(old)
+    assert model.cfg.inpaint_cell == 0
+    assert load_run(dbrn_run)[0].cfg.inpaint_cell == 8

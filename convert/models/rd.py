@@ -206,7 +206,8 @@ class ReverseDistillationRGBD(nn.Module):
 
 
 @register_model("rd")
-def rd(config: dict | None = None, pretrained: bool = True, preset: str = "default") -> ReverseDistillationRGBD:
-    if preset != "default":
+def rd(config: dict | None = None, pretrained: bool = True, preset: str | None = "default") -> ReverseDistillationRGBD:
+    # None: a complete saved config (run.yaml); rd has no presets, so it is the same as "default".
+    if preset not in ("default", None):
         raise ValueError(f"rd has no named presets (got {preset!r}); set its config keys instead")
     return ReverseDistillationRGBD(RDConfig.from_dict(config or {}), pretrained=pretrained)
