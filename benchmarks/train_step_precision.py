@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 Median seconds per optimiser step (batch 8, {a.threads} threads, {a.steps} timed steps after 3
 untimed, cable_gland training captures with fresh pseudo-anomalies for DBRN): the trainer's
 forward and losses, backward and the optimiser step, as `rgbd-convert train` runs them with
-`--precision fp32` (the default) and `--precision bf16`. Under bf16 the forward pass runs in
+`--precision fp32` (rd's default) and `--precision bf16` (dbrn's, where native). Under bf16 the forward pass runs in
 bfloat16 autocast; weights, gradients, optimiser state, losses and every evaluated or exported
 graph stay fp32. This CPU runs bf16 natively (AVX-512 BF16): {bf16_is_native()}.
 

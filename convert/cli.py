@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="default: the model's (rd 0.005, dbrn 0.001)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    t.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="bf16: bfloat16 forward passes, faster on CPUs with AVX-512 BF16 or AMX (weights stay fp32)")
+    t.add_argument("--precision", choices=list(PRECISIONS),
+                   help="bf16: bfloat16 forward passes, faster on CPUs with AVX-512 BF16 or AMX (weights stay fp32); "
+                        "default: the model's (rd fp32, dbrn bf16 where the CPU runs it natively)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
 

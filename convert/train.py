@@ -30,7 +30,7 @@ from edge.preprocess import PreprocessParams, fit_depth_normalisation
 from .models import create_model
 from .models.rd import MODES
 from .trainers import make_trainer, trainer_defaults
-from .trainers.common import check_precision
+from .trainers.common import bf16_is_native, check_precision
 from calibrate.dataset import load_raw, prepare
 
 
@@ -45,8 +45,9 @@ class TrainConfig:
     checkpoint_every: int = 5
     threads: int = 0  # 0 = torch default
     # "bf16": forward passes in bfloat16 autocast (CPUs with AVX-512 BF16 or AMX); weights,
-    # optimiser, losses and every evaluated or exported graph stay fp32.
-    precision: str = "fp32"
+    # optimiser, losses and every evaluated or exported graph stay fp32. None = the family's
+    # default (convert.trainers), bf16 only where the CPU runs it natively.
+    precision: str | None = None
     # Pose augmentation of the normal training captures: parts arrive on a line in
     # any rotation, and a student that saw 80 poses calls a 81st pose anomalous.
     rotations: int = 8  # evenly spaced angles (multiples of 90 degrees are exact)
@@ -58,7 +59,11 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the model family's defaults filled in (what run.yaml records)."""
         d = trainer_defaults(self.model)
-        return replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size") if getattr(self, k) is None})
+        out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size") if getattr(self, k) is None})
+        if out.precision is None:
+            wanted = d.get("precision", "fp32")
+            out = replace(out, precision=wanted if wanted != "bf16" or bf16_is_native() else "fp32")
+        return out
 
 
 def data_fingerprint(root, split: str = "train") -> str:

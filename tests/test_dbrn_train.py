@@ -21,6 +21,7 @@ from conftest import TINY_SIZE  # noqa: E402
 from convert.cli import main  # noqa: E402
 from convert.export import parity_ok  # noqa: E402
 from convert.train import TrainConfig, augment_samples, load_run, train  # noqa: E402
+from convert.trainers.common import bf16_is_native  # noqa: E402
 from convert.trainers.dbrn import DBRNTrainer, source_index, target_mask  # noqa: E402
 from convert.models import create_model  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
@@ -146,6 +147,9 @@ def test_each_family_has_its_own_defaults_unless_told():
     rd, dbrn = TrainConfig(model="rd").resolved(), TrainConfig(model="dbrn").resolved()
     assert (rd.image_size, rd.lr, rd.epochs) == (256, 0.005, 16)
     assert (dbrn.image_size, dbrn.lr, dbrn.epochs) == (128, 0.001, 50)
+    # bf16 steps only where the CPU runs them natively (emulated bf16 is slower than fp32)
+    assert rd.precision == "fp32" and dbrn.precision == ("bf16" if bf16_is_native() else "fp32")
+    assert TrainConfig(model="dbrn", precision="fp32").resolved().precision == "fp32"
     told = TrainConfig(model="dbrn", image_size=96, lr=0.1, epochs=1).resolved()
     assert (told.image_size, told.lr, told.epochs) == (96, 0.1, 1)
 
