@@ -389,11 +389,6 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM per sample (N)."""
-    return ssim_map(a, b, size, sigma).flatten(1).mean(1)
-
-
 def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean of x over the pixels weight selects (weight broadcasts over channels); plain mean if None."""
     if weight is None:
