@@ -74,6 +74,10 @@ def inpainting(mc: dict) -> str:
     return f"inpainting passes with {cell}-pixel cells ({passes})"
 
 
+def branches_fp32(int8_report: dict) -> str:
+    return "yes" if any("/branches." in n for n in int8_report["kept_fp32_nodes"]) else "no"
+
+
 def pts(a: float, b: float) -> str:
     return f"{100 * (b - a):+.1f}"
 
@@ -196,7 +200,8 @@ Edge model per mode, eager torch ms (median / p99): {', '.join(f"{m} {v[0]:.0f} 
 - Training wall time: {run['train_time_s'] / 60:.1f} min on this CPU (final loss {log[-1]['loss']:.3f},
   focal {log[-1].get('focal', float('nan')):.4f}); bundle (export, INT8 calibration with method choice,
   thresholds) {bundle_s / 60:.1f} min.
-- INT8 calibration methods kept: {', '.join(f"{m} {prov['int8'][m]['method']}" for m in MODES)}.
+- INT8 calibration methods kept: {', '.join(f"{m} {prov['int8'][m]['method']}" for m in MODES)}; branch
+  embeddings and heads left in FP32 (chosen on validation data): {', '.join(f"{m} {branches_fp32(prov['int8'][m])}" for m in MODES)}.
 - Machine: {machine()}; PyTorch {torch.__version__}, ONNX Runtime {__import__('onnxruntime').__version__}.
 - Command: `{cmd}`
 """

@@ -9,7 +9,7 @@ import numpy as np
 
 from .dataset import load_raw, prepare
 from .evaluation import score_split
-from .int8 import KEEP_FP32_PATTERNS, METHODS, quantize_int8
+from .int8 import KEEP_FP32_OPTIONAL, KEEP_FP32_PATTERNS, METHODS, fp32_nodes, quantize_int8
 from .onnx_eval import run_split, session
 
 
@@ -31,10 +31,25 @@ def validation_split(data, params, progress):
         return load_split(data, "train", params, progress), "train"
 
 
+def keep_candidates(onnx_path, keep_fp32=None) -> list[tuple[str, ...]]:
+    """FP32 pattern sets to try: the given patterns (plus the smoothing) alone, or by default the
+    measured sensitive layers, and those plus KEEP_FP32_OPTIONAL where that keeps more nodes."""
+    if keep_fp32 is not None:
+        return [("/blur", *keep_fp32)]
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    sets = [KEEP_FP32_PATTERNS]
+    wider = KEEP_FP32_PATTERNS + KEEP_FP32_OPTIONAL
+    if len(fp32_nodes(model, wider)) > len(fp32_nodes(model, KEEP_FP32_PATTERNS)):
+        sets.append(wider)
+    return sets
+
+
 def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples: int = 64,
                    keep_fp32=None, progress: bool = True) -> dict:
     onnx_path, out = Path(onnx_path), Path(out)
-    keep = tuple(KEEP_FP32_PATTERNS if keep_fp32 is None else ("/blur", *keep_fp32))
+    keep_sets = keep_candidates(onnx_path, keep_fp32)
     names = [i.name for i in session(onnx_path).get_inputs()]
     mode = onnx_path.name.split(".")[0]
     calib = load_split(data, "train", params, progress, n_samples)
@@ -44,17 +59,19 @@ def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples
 
     candidates, best = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for m in (METHODS if method == "auto" else (method,)):
-            path = Path(tmp) / f"{m}.onnx"
-            res = quantize_int8(onnx_path, path, feeds, m, keep_fp32=keep)
-            maps, scores = run_split(path, val, progress=progress, desc=f"int8 {m} validation")
-            c = {"method": m, "score_max_abs_diff": float(np.abs(scores - ref_scores).max()),
-                 "map_mean_abs_diff": float(np.abs(maps - ref_maps).mean()),
-                 "map_max_abs_diff": float(np.abs(maps - ref_maps).max())}
-            candidates.append(c)
-            # Closest to FP32 on normal data: no defects are needed to choose.
-            if best is None or c["score_max_abs_diff"] < best[0]["score_max_abs_diff"]:
-                best = (c, res, path)
+        for ki, keep in enumerate(keep_sets):  # fewest FP32 nodes first: ties keep the smaller set
+            for m in (METHODS if method == "auto" else (method,)):
+                path = Path(tmp) / f"{m}-{ki}.onnx"
+                res = quantize_int8(onnx_path, path, feeds, m, keep_fp32=keep)
+                maps, scores = run_split(path, val, progress=progress, desc=f"int8 {m} validation")
+                c = {"method": m, "kept_fp32_patterns": list(keep),
+                     "score_max_abs_diff": float(np.abs(scores - ref_scores).max()),
+                     "map_mean_abs_diff": float(np.abs(maps - ref_maps).mean()),
+                     "map_max_abs_diff": float(np.abs(maps - ref_maps).max())}
+                candidates.append(c)
+                # Closest to FP32 on normal data: no defects are needed to choose.
+                if best is None or c["score_max_abs_diff"] < best[0]["score_max_abs_diff"]:
+                    best = (c, res, path)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best[2], out)
 
@@ -62,7 +79,7 @@ def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples
         "mode": mode, "fp32": str(onnx_path), "int8": str(out), "method": best[0]["method"],
         "selected_on": f"{val_name} ({len(val)} normal samples)", "candidates": candidates,
         "calibration_samples": len(feeds), "quantized_tensors": best[1].quantized_nodes,
-        "kept_fp32_patterns": list(keep), "kept_fp32_nodes": best[1].fp32_nodes,
+        "kept_fp32_patterns": best[0]["kept_fp32_patterns"], "kept_fp32_nodes": best[1].fp32_nodes,
     }
     try:
         test = load_split(data, "test", params, progress)

@@ -115,7 +115,7 @@ def make_bundle(run_dir, data, out, int8: bool = True, target_frr: float = 0.01,
             "model_config": run["model_config"],
             "metrics": metrics,
             "parity": {m: manifest["modes"][m]["parity"] for m in modes},
-            "int8": {m: {k: r[k] for k in ("method", "candidates", "calibration_samples", "kept_fp32_nodes")}
+            "int8": {m: {k: r[k] for k in ("method", "candidates", "calibration_samples", "kept_fp32_patterns", "kept_fp32_nodes")}
                      for m, r in int8_reports.items()},
             "thresholds": {m: t.to_dict() for m, t in th.items()},
             "check_trt": lint_report,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .models import list_models
 from .train import TrainConfig
+from .trainers import TRAINERS
 from .trainers.common import PRECISIONS
 
 
@@ -79,6 +80,11 @@ def _cmd_bundle(a) -> int:
     return 0
 
 
+def _family_defaults(key: str) -> str:
+    """"rd 16, dbrn 50": each trainer's own default, so the help cannot go stale."""
+    return ", ".join(f"{name} {cls.defaults[key]}" for name, cls in sorted(TRAINERS.items(), reverse=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgbd-convert", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -90,14 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="named model configuration (dbrn: edge (default, CPU-trainable) or published)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, YAML value (e.g. --set embed_dim=48 --set depths=[1,1,2,1]); repeatable")
-    t.add_argument("--epochs", type=int, help="default: the model's (rd 16, dbrn 27)")
+    t.add_argument("--epochs", type=int, help=f"default: the model's ({_family_defaults('epochs')})")
     t.add_argument("--rotations", type=int, default=TrainConfig.rotations, help="pose augmentation: rotations per capture")
     t.add_argument("--no-flip", action="store_true", help="no mirrored poses")
     t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",
                    help="how depth is shown to the ImageNet encoder (docs/models.md)")
-    t.add_argument("--image-size", type=int, help="default: the model's (rd 256, dbrn 128)")
+    t.add_argument("--image-size", type=int, help=f"default: the model's ({_family_defaults('image_size')})")
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, help="default: the model's (rd 0.005, dbrn 0.001)")
+    t.add_argument("--lr", type=float, help=f"default: the model's ({_family_defaults('lr')})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     t.add_argument("--precision", choices=list(PRECISIONS),

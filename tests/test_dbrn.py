@@ -295,3 +295,26 @@ def test_one_pass_training_step_cost_halves_branch_batch(inputs):
         m.training_forward(rgb, depth, fg, rgb, depth)
         h.remove()
     assert seen == [2 * N, N]
+
+
+def test_depth_branch_takes_its_own_patch_size(inputs, tmp_path):
+    """depth_patch_size gives the depth branch coarser tokens while both branches still return
+    reconstructions at every scale, so the ISM pairs, the export and the losses are unchanged."""
+    cfg = DBRNConfig.from_dict({**TINY, "patch_size": 2, "scales": [1, 2], "depth_patch_size": 4})
+    assert (cfg.branch_patch("rgb"), cfg.branch_patch("depth")) == (2, 4)
+    assert DBRNConfig.from_dict(TINY).branch_patch("depth") == 4  # None follows patch_size
+    with pytest.raises(ValueError, match="depth_patch_size"):
+        DBRNConfig.from_dict({**TINY, "patch_size": 2, "scales": [1, 2], "depth_patch_size": 3})
+    torch.manual_seed(0)
+    net = DBRN(cfg).eval()
+    assert net.branches[0].patch_embed.stride == (2, 2) and net.branches[1].patch_embed.stride == (4, 4)
+    rgb, depth, fg = inputs
+    for k, x in enumerate((rgb, depth)):
+        assert [r.shape[-1] for r in net.reconstruct(k, x)] == [S, S // 2]
+    pytest.importorskip("onnxruntime")
+    from convert.export import example_inputs, export_mode, parity
+
+    path = export_mode(net, "rgbd", S, tmp_path / "rgbd.onnx")
+    res = parity(net, "rgbd", path, [example_inputs("rgbd", S, seed=0)])
+    assert res["max_abs_map"] <= 1e-4 and res["max_abs_score"] <= 1e-4, res
+

@@ -342,3 +342,14 @@ def test_rotate_capture_non_right_angle_marks_uncovered_depth_missing():
     assert d[0, 0] == 0 and d[-1, -1] == 0  # corners come from outside the frame
     assert d[16, 16] == pytest.approx(0.5)
     assert set(np.unique(d)) <= {0.0, np.float32(0.5)}  # nearest neighbour: no invented depths
+
+
+def test_cli_train_help_states_each_familys_own_defaults(capsys):
+    from convert.trainers import TRAINERS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in ("epochs", "image_size", "lr"):
+        for name, cls in TRAINERS.items():
+            assert f"{name} {cls.defaults[key]}" in text, (name, key)

@@ -53,6 +53,10 @@ class DBRNConfig(DictConfig):
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
     window_size: int = 8
     patch_size: int = 4
+    # The depth branch's own patch size (None = patch_size), to spend fine tokens on RGB only: in
+    # the 50-epoch cable_gland runs RGB gained most from patch 2 and depth scored the same at 2 and
+    # 4. Tried in the CPU hour (RGB 2, depth 4): RGB-D 0.570, so in no preset (dbrn_development_log).
+    depth_patch_size: int | None = None
     mlp_ratio: float = 2.0
     encoder_dropout: tuple[float, ...] = (0.6, 0.4, 0.2)  # on encoder outputs / skips, stage 0 first
     scales: tuple[int, ...] = (1, 2, 4)  # reconstruction heads at S / s
@@ -91,19 +95,23 @@ class DBRNConfig(DictConfig):
         if len(self.num_heads) != len(self.depths):
             raise ValueError(f"dbrn config: num_heads {list(self.num_heads)} must have one entry per stage "
                              f"of depths {list(self.depths)}")
-        for s in self.scales:
-            if self.patch_size % s:
-                raise ValueError(f"dbrn config: scale {s} must divide patch_size {self.patch_size}")
-        down = self.patch_size * 2 ** (len(self.depths) - 1)
-        if self.inpaint_cell and (self.inpaint_cell % self.patch_size or self.inpaint_cell % max(self.scales)
-                                  or self.image_size % self.inpaint_cell):
-            raise ValueError(f"dbrn config: inpaint_cell {self.inpaint_cell} must be a multiple of patch_size "
-                             f"{self.patch_size} and of every scale {list(self.scales)}, and divide image_size "
-                             f"{self.image_size}")
+        for key, p in (("patch_size", self.patch_size), ("depth_patch_size", self.branch_patch("depth"))):
+            for s in self.scales:
+                if p % s:
+                    raise ValueError(f"dbrn config: scale {s} must divide {key} {p}")
+            if self.inpaint_cell and (self.inpaint_cell % p or self.inpaint_cell % max(self.scales)
+                                      or self.image_size % self.inpaint_cell):
+                raise ValueError(f"dbrn config: inpaint_cell {self.inpaint_cell} must be a multiple of {key} "
+                                 f"{p} and of every scale {list(self.scales)}, and divide image_size "
+                                 f"{self.image_size}")
+        down = max(self.patch_size, self.branch_patch("depth")) * 2 ** (len(self.depths) - 1)
         if self.inpaint_train_passes not in (1, 2):
             raise ValueError(f"dbrn config: inpaint_train_passes must be 1 or 2, got {self.inpaint_train_passes}")
         if self.image_size % down or self.image_size % (4 * self.disc_stride):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
+
+    def branch_patch(self, modality: str) -> int:
+        return (self.depth_patch_size or self.patch_size) if modality == "depth" else self.patch_size
 
     @classmethod
     def published(cls, **kw) -> "DBRNConfig":
@@ -255,9 +263,9 @@ class PatchExpand(nn.Module):
 class SwinUNet(nn.Module):
     """One reconstruction branch: image -> reconstructions at S / s for s in cfg.scales."""
 
-    def __init__(self, cfg: DBRNConfig, in_ch: int = 3):
+    def __init__(self, cfg: DBRNConfig, in_ch: int = 3, patch: int | None = None):
         super().__init__()
-        p, c0, n = cfg.patch_size, cfg.embed_dim, len(cfg.depths)
+        p, c0, n = patch or cfg.patch_size, cfg.embed_dim, len(cfg.depths)
         r0 = cfg.image_size // p
         self.patch_embed = nn.Conv2d(in_ch, c0, p, p)
         self.embed_norm = nn.LayerNorm(c0)
@@ -425,7 +433,7 @@ class DBRN(nn.Module):
     def __init__(self, cfg: DBRNConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or DBRNConfig.edge()
-        self.branches = nn.ModuleList(SwinUNet(cfg) for _ in MODALITIES)
+        self.branches = nn.ModuleList(SwinUNet(cfg, patch=cfg.branch_patch(m)) for m in MODALITIES)
         self.ism = ImportanceScoring(cfg.ism_dim, cfg.ism_patch, cfg.ism_difference)
         self.disc = UNetDiscriminator(cfg.ism_dim, cfg.disc_channels)
         self.blur = GaussianBlur(cfg.smooth_sigma)
