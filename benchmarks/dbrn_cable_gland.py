@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missing_data,  # noqa: E402
                                torch_latency, write_section)
 from calibrate.dataset import load_raw, prepare  # noqa: E402
+from calibrate.int8 import KEEP_FP32_OPTIONAL  # noqa: E402
 from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
 from convert.cli import parse_overrides  # noqa: E402
@@ -75,7 +76,8 @@ def inpainting(mc: dict) -> str:
 
 
 def branches_fp32(int8_report: dict) -> str:
-    return "yes" if any("/branches." in n for n in int8_report["kept_fp32_nodes"]) else "no"
+    kept = int8_report["kept_fp32_nodes"]
+    return "yes" if any(p in n for n in kept for p in KEEP_FP32_OPTIONAL) else "no"
 
 
 def pts(a: float, b: float) -> str:

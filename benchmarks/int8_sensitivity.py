@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, REPO, command, machine, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.evaluation import score_split  # noqa: E402
-from calibrate.int8 import quantize_int8  # noqa: E402
+from calibrate.int8 import KEEP_FP32_OPTIONAL, quantize_int8  # noqa: E402
 from calibrate.int8_pipeline import validation_split  # noqa: E402
 from calibrate.onnx_eval import run_split, session  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
@@ -41,7 +41,7 @@ RD_GROUPS = {
 # and the discriminator.
 DBRN_GROUPS = {
     "nothing": (),
-    "branch patch embeddings + heads": ("/branches",),
+    "branch patch embeddings + heads": KEEP_FP32_OPTIONAL,  # the set calibrate_int8 may keep
     "ISM embeddings": ("/ism/embed",),
     "ISM (embeddings + weights)": ("/ism/",),
     "discriminator": ("/disc/",),

@@ -317,4 +317,3 @@ def test_depth_branch_takes_its_own_patch_size(inputs, tmp_path):
     path = export_mode(net, "rgbd", S, tmp_path / "rgbd.onnx")
     res = parity(net, "rgbd", path, [example_inputs("rgbd", S, seed=0)])
     assert res["max_abs_map"] <= 1e-4 and res["max_abs_score"] <= 1e-4, res
-
