@@ -82,3 +82,12 @@ def torch_latency(model, inputs, mode: str, runs: int, warmup: int) -> tuple[flo
 
 def fmt(v, nd: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def within_points(deltas, budget: float = 1.0) -> str:
+    """INT8 minus FP32 in points, per metric -> the table's verdict. Two-sided: a gain beyond the
+    budget is not "within" either (it says the INT8 graph ranks differently, not that it is better)."""
+    worst = max(deltas, key=abs)
+    if abs(worst) <= budget:
+        return "yes"
+    return f"**no** ({worst:+.1f})" if worst < 0 else f"no ({worst:+.1f}, a gain)"

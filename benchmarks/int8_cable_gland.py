@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, REPO, command, fmt, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missing_data,  # noqa: E402
+                               within_points, write_section)
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.onnx_eval import latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
@@ -68,12 +69,11 @@ def main(argv=None) -> int:
         t = prov["metrics"][m]
         f, q = t["fp32"], t["int8"]
         d = {k: 100 * (q[k] - f[k]) for k in ("i_auroc", "p_auroc", "aupro")}
-        ok = all(v >= -1.0 for v in d.values())
         acc_rows.append(
             f"| {m} | {fmt(f['i_auroc'])} / {fmt(q['i_auroc'])} ({d['i_auroc']:+.1f}) | "
             f"{fmt(f['p_auroc'])} / {fmt(q['p_auroc'])} ({d['p_auroc']:+.1f}) | "
             f"{fmt(f['aupro'])} / {fmt(q['aupro'])} ({d['aupro']:+.1f}) | {t['map_max_abs_diff']:.3f} | "
-            f"{'yes' if ok else '**no**'} |")
+            f"{within_points(d.values())} |")
         lf = latency(bundle / f"{m}.onnx", feed, a.runs, a.threads)
         lq = latency(bundle / f"{m}.int8.onnx", feed, a.runs, a.threads)
         lat_rows.append(f"| {m} | {lf['median_ms']:.1f} / {lf['p99_ms']:.1f} | {lq['median_ms']:.1f} / {lq['p99_ms']:.1f} |")

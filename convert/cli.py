@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",
                    help="how depth is shown to the ImageNet encoder (docs/models.md)")
     t.add_argument("--image-size", type=int, help=f"default: the model's ({_family_defaults('image_size')})")
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--batch-size", type=int, help=f"default: the model's ({_family_defaults('batch_size')})")
     t.add_argument("--lr", type=float, help=f"default: the model's ({_family_defaults('lr')})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -38,7 +38,7 @@ from calibrate.dataset import load_raw, prepare
 class TrainConfig:
     model: str = "rd"
     epochs: int | None = None  # None = the model family's default (convert.trainers)
-    batch_size: int = 8
+    batch_size: int | None = None  # None = the model family's default
     lr: float | None = None  # None = the model family's default
     image_size: int | None = None  # None = the model family's default (rd 256, dbrn 128)
     seed: int = 0
@@ -59,7 +59,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the model family's defaults filled in (what run.yaml records)."""
         d = trainer_defaults(self.model)
-        out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size") if getattr(self, k) is None})
+        out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size", "batch_size") if getattr(self, k) is None})
         if out.precision is None:
             wanted = d.get("precision", "fp32")
             out = replace(out, precision=wanted if wanted != "bf16" or bf16_is_native() else "fp32")
@@ -178,6 +178,9 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         prev = run["train"]
         if (prev["model"], prev["model_config"], prev.get("preset")) != (cfg.model, cfg.model_config, cfg.preset):
             raise ValueError(f"{out}: holds a different run (model/config differ); choose another --out")
+        if prev["batch_size"] != cfg.batch_size:  # the schedule's length depends on it
+            raise ValueError(f"{out}: was trained with batch size {prev['batch_size']}, not {cfg.batch_size}; "
+                             f"resume with --batch-size {prev['batch_size']} or choose another --out")
         if run["data"]["train_fingerprint"] != fingerprint:
             raise ValueError(f"{out}: was trained on different data than {data}; choose another --out")
         saved_config = run["model_config"]

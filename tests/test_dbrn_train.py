@@ -145,13 +145,13 @@ def test_unknown_precision_is_refused_before_training(tmp_path, tiny_dataset):
 
 def test_each_family_has_its_own_defaults_unless_told():
     rd, dbrn = TrainConfig(model="rd").resolved(), TrainConfig(model="dbrn").resolved()
-    assert (rd.image_size, rd.lr, rd.epochs) == (256, 0.005, 16)
-    assert (dbrn.image_size, dbrn.lr, dbrn.epochs) == (128, 0.001, 50)
+    assert (rd.image_size, rd.lr, rd.epochs, rd.batch_size) == (256, 0.005, 16, 8)
+    assert (dbrn.image_size, dbrn.lr, dbrn.epochs, dbrn.batch_size) == (128, 0.001, 44, 4)
     # bf16 steps only where the CPU runs them natively (emulated bf16 is slower than fp32)
     assert rd.precision == "fp32" and dbrn.precision == ("bf16" if bf16_is_native() else "fp32")
     assert TrainConfig(model="dbrn", precision="fp32").resolved().precision == "fp32"
-    told = TrainConfig(model="dbrn", image_size=96, lr=0.1, epochs=1).resolved()
-    assert (told.image_size, told.lr, told.epochs) == (96, 0.1, 1)
+    told = TrainConfig(model="dbrn", image_size=96, lr=0.1, epochs=1, batch_size=8).resolved()
+    assert (told.image_size, told.lr, told.epochs, told.batch_size) == (96, 0.1, 1, 8)
 
 
 def test_cli_train_writes_a_dbrn_run(dbrn_run):

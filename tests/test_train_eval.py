@@ -145,6 +145,9 @@ def test_resume_refuses_a_different_model_config(tmp_path, tiny_dataset):
     train(tiny_dataset, out, TrainConfig(epochs=1, **FAST), progress=False)
     with pytest.raises(ValueError, match="different run"):
         train(tiny_dataset, out, TrainConfig(epochs=2, model_config={"smooth_sigma": 2.0}, **FAST), progress=False)
+    # a family default that changed since (dbrn's batch size did) must not silently stretch the schedule
+    with pytest.raises(ValueError, match="batch size 4, not 2.*--batch-size 4"):
+        train(tiny_dataset, out, TrainConfig(epochs=2, **{**FAST, "batch_size": 2}), progress=False)
     assert _log_epochs(out) == [1]
 
 
@@ -350,6 +353,6 @@ def test_cli_train_help_states_each_familys_own_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for key in ("epochs", "image_size", "lr"):
+    for key in ("epochs", "image_size", "lr", "batch_size"):
         for name, cls in TRAINERS.items():
             assert f"{name} {cls.defaults[key]}" in text, (name, key)
