@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -77,16 +78,22 @@ def feature_distance_auroc(model, split, res: dict, encoder) -> dict:
     return out
 
 
-def test_time_dropout_auroc(model, split, passes: int) -> float:
-    """rgbd I-AUROC with the branches' encoder dropout on at test time (as published), the maps
-    of `passes` forward passes averaged; the model is left in eval mode."""
-    torch.manual_seed(0)
+@contextmanager
+def test_time_dropout(model, seed: int = 0):
+    """The branches' encoder dropout on (as published), seeded; the model is left in eval mode."""
+    torch.manual_seed(seed)
     for d in (d for b in model.branches for d in b.drop):
         d.train()
     try:
-        maps = [run_model(model, split, modes=("rgbd",), recon=False)["rgbd"][0] for _ in range(passes)]
+        yield model
     finally:
         model.eval()
+
+
+def test_time_dropout_auroc(model, split, passes: int) -> float:
+    """rgbd I-AUROC with test-time dropout, the maps of `passes` forward passes averaged."""
+    with test_time_dropout(model):
+        maps = [run_model(model, split, modes=("rgbd",), recon=False)["rgbd"][0] for _ in range(passes)]
     score = model.image_score(torch.from_numpy(np.mean(maps, 0))[:, None])
     return float(roc_auc_score(split.labels, score.numpy()))
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
+from benchmarks.dbrn_diagnose import test_time_dropout  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.models.rd import MODES, PRESENT  # noqa: E402
 from convert.train import load_run  # noqa: E402
@@ -103,18 +103,8 @@ def shifted_grid_map(model, params, x, mode: str) -> torch.Tensor:
 
 
 def dropout_maps(model, params, x, mode: str, passes: int) -> list:
-    torch.manual_seed(0)
-    for d in (d for b in model.branches for d in b.drop):
-        d.train()
-    try:
+    with test_time_dropout(model):
         return [maps(model, params, x, mode)["mask"] for _ in range(passes)]
-    finally:
-        model.eval()
-
-
-def pooled_max(a: torch.Tensor, k: int) -> np.ndarray:
-    a = F.avg_pool2d(a, k, 1, k // 2, count_include_pad=False) if k > 1 else a
-    return a.flatten(1).amax(1).numpy()
 
 
 def top_mean(a: torch.Tensor, q: float) -> np.ndarray:
@@ -129,13 +119,13 @@ def variant_scores(model, params, x, mode: str, normal: dict | None, dropout_pas
     k0 = model.cfg.score_pool
     out = {f"max of {k0} x {k0} mean (preset)": model.image_score(base["mask"]).numpy()}
     for k in sorted({1, 5, 21} - {k0}):
-        out[f"max of {k} x {k} mean"] = pooled_max(base["mask"], k)
+        out[f"max of {k} x {k} mean"] = model.image_score(base["mask"], k).numpy()
     for q in (0.002, 0.01, 0.05):
         out[f"mean of top {100 * q:g} %"] = top_mean(base["mask"], q)
     if mode == "rgbd" and normal is not None:
         def z(name, a):
-            ref = pooled_max(normal[name], k0)
-            return (pooled_max(a, k0) - ref.mean()) / (ref.std() + 1e-9)
+            ref = model.image_score(normal[name]).numpy()
+            return (model.image_score(a).numpy() - ref.mean()) / (ref.std() + 1e-9)
 
         mask_z = z("mask", base["mask"])
         out["+ RGB and depth errors (z-scores)"] = mask_z + z("err_rgb", base["err_rgb"]) + z("err_depth", base["err_depth"])

@@ -81,7 +81,7 @@ def _cmd_bundle(a) -> int:
 
 
 def _family_defaults(key: str) -> str:
-    """"rd 16, dbrn 50": each trainer's own default, so the help cannot go stale."""
+    """"rd 16, dbrn 44": each trainer's own default, so the help cannot go stale."""
     return ", ".join(f"{name} {cls.defaults[key]}" for name, cls in sorted(TRAINERS.items(), reverse=True))
 
 

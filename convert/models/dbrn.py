@@ -492,8 +492,9 @@ class DBRN(nn.Module):
             return None
         return dilate_mask(fg, self.cfg.foreground_dilate)
 
-    def image_score(self, amap):
-        k = min(self.cfg.score_pool, self.cfg.image_size)
+    def image_score(self, amap, pool: int | None = None):
+        """Max of the map's pool x pool average (default: the config's score_pool)."""
+        k = min(pool or self.cfg.score_pool, self.cfg.image_size)
         pooled = F.avg_pool2d(amap, k, 1, k // 2, count_include_pad=False) if k > 1 else amap
         return pooled.flatten(1).amax(1)
 
