@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", default=str(REPO / "runs" / "bundle-dbrn-cable_gland"))
     ap.add_argument("--rd-bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
     ap.add_argument("--epochs", type=int, help="default: dbrn's (convert/trainers/dbrn.py)")
+    ap.add_argument("--minutes", type=float, help="training wall-time budget (rgbd-convert train --minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=list(PRECISIONS),
                     help="training steps; default: dbrn's (bf16 where the CPU runs it natively)")
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
 
     cfg = TrainConfig(model="dbrn", epochs=a.epochs, seed=a.seed, checkpoint_every=1, precision=a.precision,
+                      minutes=a.minutes,
                       model_config=parse_overrides(a.overrides)).resolved()
     train(a.data, a.out, cfg, progress=True)
     run = yaml.safe_load((Path(a.out) / "run.yaml").read_text())
@@ -155,6 +157,11 @@ def main(argv=None) -> int:
         f"{s['ort_ms'][0]:.0f} / {s['ort_ms'][1]:.0f} |" for s in (pub, edge))
     mc = run["model_config"]
     tc = run["train"]  # what the run was trained with, also when this reused an existing run
+    schedule = f"{tc['epochs']} epochs"
+    if tc.get("minutes"):  # a time budget: how far it got on this machine
+        done = run["trained"]
+        schedule = (f"{done['epochs']:g} of at most {tc['epochs']} epochs ({done['steps']:,} steps, stopped by "
+                    f"{'the ' + format(tc['minutes'], 'g') + '-minute budget' if done['stopped_by'] == 'time' else 'the epoch count'})")
 
     body = f"""## DBRN on cable_gland (`dbrn_cable_gland`)
 
@@ -163,7 +170,7 @@ depths {mc['depths']}, window {mc['window_size']}, reconstruction scales {mc['sc
 difference plane: {mc['ism_difference']}, discriminator {mc['disc_channels']} channels at 1/{mc['disc_stride']}
 resolution), trained from scratch on
 `train/good` ({run['data']['n_train']} captures x {run['data']['n_train_poses'] // run['data']['n_train']} poses)
-with fresh Perlin pseudo-anomalies every step, {tc['epochs']} epochs, batch {tc['batch_size']}, AdamW lr {tc['lr']}
+with fresh Perlin pseudo-anomalies every step, {schedule}, batch {tc['batch_size']}, AdamW lr {tc['lr']}
 (warm-up then cosine), {tc['precision']} training steps, {inpainting(mc)}. Score statistics from `validation/good`; test split of {results['rgbd']['n_images']} images ({results['rgbd']['n_anomalous']} anomalous),
 metrics at the masks' 400 x 400 resolution, AUPRO to 30 % FPR.
 

@@ -33,7 +33,7 @@ def _cmd_train(a) -> int:
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
                       batch_size=a.batch_size, lr=a.lr, threads=a.threads, precision=a.precision,
-                      rotations=a.rotations, flip=not a.no_flip,
+                      rotations=a.rotations, flip=not a.no_flip, minutes=a.minutes,
                       preset=a.preset, model_config=parse_overrides(a.overrides),
                       preprocess={"depth_encoding": a.depth_encoding})
     out = train(a.data, a.out, cfg, progress=not a.quiet)
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, YAML value (e.g. --set embed_dim=48 --set depths=[1,1,2,1]); repeatable")
     t.add_argument("--epochs", type=int, help=f"default: the model's ({_family_defaults('epochs')})")
+    t.add_argument("--minutes", type=float,
+                   help="wall-time budget (data loading included): stop at MINUTES or at --epochs, whichever "
+                        "comes first; the learning rate decays toward whichever end is nearer. The step count "
+                        "then depends on the machine's speed (recorded in run.yaml)")
     t.add_argument("--rotations", type=int, default=TrainConfig.rotations, help="pose augmentation: rotations per capture")
     t.add_argument("--no-flip", action="store_true", help="no mirrored poses")
     t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",

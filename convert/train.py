@@ -55,6 +55,12 @@ class TrainConfig:
     model_config: dict = field(default_factory=dict)
     preset: str | None = None  # named model configuration (dbrn: "edge" or "published")
     preprocess: dict = field(default_factory=dict)
+    # Wall-time budget in minutes (data loading included): training stops at the budget or at
+    # `epochs`, whichever comes first, and the learning-rate schedule decays toward whichever end
+    # is nearer. The same CPU model has run a step 1.6-2 x slower from one day to the next
+    # (benchmarks/RESULTS.md, train_step_precision), so an epoch count alone cannot promise an
+    # hour. None = epochs only (reproducible step for step; a budget is not, across machines).
+    minutes: float | None = None
 
     def resolved(self) -> "TrainConfig":
         """A copy with the model family's defaults filled in (what run.yaml records)."""
@@ -64,6 +70,19 @@ class TrainConfig:
             wanted = d.get("precision", "fp32")
             out = replace(out, precision=wanted if wanted != "bf16" or bf16_is_native() else "fp32")
         return out
+
+
+class TimeBudget:
+    """Seconds spent against a wall-time budget; `fraction` is what a time-aware schedule reads."""
+
+    def __init__(self, minutes: float, start: float, clock=time.time):
+        self.seconds, self.start, self.clock = 60.0 * minutes, start, clock
+
+    def fraction(self) -> float:
+        return min((self.clock() - self.start) / self.seconds, 1.0)
+
+    def over(self) -> bool:
+        return self.clock() - self.start >= self.seconds
 
 
 def data_fingerprint(root, split: str = "train") -> str:
@@ -143,6 +162,15 @@ def _create(cfg: TrainConfig, model_config: dict):
     return create_model(cfg.model, config=model_config, **kw)
 
 
+def _warn_if_long(elapsed_s: float, epoch_s: float, epochs_left: int, hour_s: float = 3600.0) -> None:
+    """After the first epoch: say when the epoch count will take more than an hour at this pace
+    (the same CPU model has run steps 2 x slower from one day to the next)."""
+    total = elapsed_s + epoch_s * epochs_left
+    if total > hour_s:
+        tqdm.write(f"at this pace training takes about {total / 60:.0f} min; "
+                   f"--minutes 55 bounds it (the schedule then fits the budget), --epochs shortens it")
+
+
 def optimiser_step(trainer, opt, sched, idx: torch.Tensor) -> tuple[float, dict]:
     """One step of the loop on the samples idx: the trainer's loss, backward, optimiser and
     scheduler. Returns (loss, the trainer's log parts)."""
@@ -155,16 +183,20 @@ def optimiser_step(trainer, opt, sched, idx: torch.Tensor) -> tuple[float, dict]
     return float(loss.detach()), extra
 
 
-def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True) -> Path:
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True, clock=time.time) -> Path:
+    """Train (or resume) the run in `out`. `clock` is the wall clock the time budget and the
+    logged times read (tests pass a fake one)."""
     out = Path(out)
     cfg = cfg.resolved()
     check_precision(cfg.precision)  # before minutes of data loading
+    if cfg.minutes is not None and not cfg.minutes > 0:
+        raise ValueError(f"--minutes must be positive, got {cfg.minutes!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     ckpt_path = out / "checkpoint.pt"
     run_yaml = out / "run.yaml"
-    t0 = time.time()
+    t0 = clock()
 
     train_raw = load_raw(data, "train", progress)
     if not train_raw:
@@ -209,8 +241,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     trainer = make_trainer(cfg.model, model, train_set, params, cfg.precision)
     if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
         cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
-    opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs)
-    start_epoch = 0
+    budget = None
+    if cfg.minutes is not None:
+        # The schedule reads the budget's clock; t0 is fixed once the checkpoint (if any) is read.
+        budget = TimeBudget(cfg.minutes, t0, clock)
+    opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs,
+                                   progress=budget.fraction if budget else None)
+    start_epoch, step = 0, 0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_trained_state(_trained(ck))
@@ -218,7 +255,10 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
         start_epoch = ck["epoch"]
+        step = ck.get("step", start_epoch * steps_per_epoch)  # older checkpoints: whole epochs only
         t0 -= ck.get("elapsed_s", 0.0)  # wall time is cumulative over interruptions
+        if budget:
+            budget.start = t0
         torch.set_rng_state(ck["torch_rng"])
         np.random.set_state(ck["numpy_rng"])
 
@@ -229,7 +269,31 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= start_epoch]
     log_path.write_text("".join(ln + "\n" for ln in kept))
     log = open(log_path, "a")
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
+    desc = f"train (stops at {cfg.minutes:g} min)" if budget else "train"
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, disable=not progress, initial=start_epoch, total=cfg.epochs)
+    stopped_by = "epochs"
+    saved = {"epoch": start_epoch}
+
+    def checkpoint(epoch_done: int) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "epoch": epoch_done,
+                "step": step,
+                "trained": model.trained_state(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                "elapsed_s": clock() - t0,
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)
+        saved["epoch"] = epoch_done
+
+    t_loop = clock()
+    done = start_epoch  # epochs with at least one step, counting a partial last one
     for epoch in bar:
         trainer.train_mode()
         perm = torch.randperm(n)
@@ -239,33 +303,35 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
+            if budget and budget.over():  # also mid-epoch: a partial epoch is logged and checkpointed
+                stopped_by = "time"
+                break
             loss, extra = optimiser_step(trainer, opt, sched, idx)
+            step += 1
             losses.append(loss)
             for k, v in extra.items():
                 parts.setdefault(k, []).append(v)
             steps.set_postfix(loss=f"{losses[-1]:.4f}")
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.time() - t0, 1),
-               **{k: round(float(np.mean(v)), 6) for k, v in parts.items()}}
+        if not losses:  # the budget ran out before this epoch's first step
+            break
+        done = epoch + 1
+        if budget and budget.over():
+            stopped_by = "time"
+        rec = {"epoch": done, "loss": float(np.mean(losses)), "elapsed_s": round(clock() - t0, 1),
+               "step": step, **{k: round(float(np.mean(v)), 6) for k, v in parts.items()}}
         if sched is not None:
             rec["lr"] = float(sched.get_last_lr()[0])
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(
-                {
-                    "epoch": epoch + 1,
-                    "trained": model.trained_state(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": np.random.get_state(),
-                    "elapsed_s": time.time() - t0,
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt_path)
+        if epoch == start_epoch and not budget:
+            _warn_if_long(rec["elapsed_s"], clock() - t_loop, cfg.epochs - done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.epochs or stopped_by == "time":
+            checkpoint(done)
+        if stopped_by == "time":
+            break
+    if saved["epoch"] < done:  # stopped between epochs: a re-run must resume from here, not earlier
+        checkpoint(done)
     log.close()
 
     # Score statistics from normal validation data (the train split if there is none).
@@ -280,7 +346,9 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     torch.save({"trained": model.trained_state(), "score_mean": model.score_mean, "score_std": model.score_std},
                out / "model.pt")
     run["score_stats"] = {"source": stats_source, "n": len(val_set), **stats}
-    run["train_time_s"] = round(time.time() - t0, 1)
+    run["train_time_s"] = round(clock() - t0, 1)
+    # What the budget allowed (with --minutes the step count depends on the machine's speed).
+    run["trained"] = {"steps": step, "epochs": round(step / steps_per_epoch, 2), "stopped_by": stopped_by}
     run_yaml.write_text(yaml.safe_dump(run, sort_keys=False))
     return out
 

@@ -295,3 +295,79 @@ def test_a_run_loads_as_trained_when_the_preset_changes_later(tmp_path, dbrn_run
     model, _, _ = load_run(old)
     assert model.cfg.inpaint_cell == 0
     assert load_run(dbrn_run)[0].cfg.inpaint_cell == 8
+
+
+class _StepClock:
+    """A wall clock that moves only when the training loop takes an optimiser step."""
+
+    def __init__(self, seconds_per_step: float):
+        self.now, self.per_step = 1000.0, seconds_per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _budgeted_train(monkeypatch, tiny_dataset, out, minutes, seconds_per_step, epochs=10):
+    import convert.train as train_mod
+    from convert.trainers.dbrn import DBRNTrainer
+
+    clock = _StepClock(seconds_per_step)
+    real_step = train_mod.optimiser_step
+
+    def step(*a, **k):
+        clock.now += clock.per_step
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(train_mod, "optimiser_step", step)
+    monkeypatch.setattr(DBRNTrainer, "warmup_steps", 0)  # so the decay is visible in a few steps
+    cfg = TrainConfig(model="dbrn", epochs=epochs, image_size=TINY_SIZE, batch_size=4, threads=1, rotations=2,
+                      flip=False, model_config=dict(TINY), minutes=minutes)
+    train(tiny_dataset, out, cfg, progress=False, clock=clock)
+    return yaml.safe_load((out / "run.yaml").read_text())
+
+
+def test_time_budget_stops_mid_epoch_with_the_rate_decayed(monkeypatch, tmp_path, tiny_dataset):
+    # 12 poses in batches of 4: 3 steps an epoch. 15 s a step against 1 minute: 4 steps.
+    meta = _budgeted_train(monkeypatch, tiny_dataset, tmp_path / "run", minutes=1, seconds_per_step=15)
+    assert meta["train"]["minutes"] == 1
+    assert meta["trained"] == {"steps": 4, "epochs": 1.33, "stopped_by": "time"}
+    recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in recs] == [(1, 3), (2, 4)]  # the partial epoch is logged
+    assert recs[-1]["lr"] == pytest.approx(0.05 * 0.001)  # the cosine reached its floor at the budget
+    # After epoch 1 the rate follows the clock (45 of 60 s), not the steps (3 of 30 planned).
+    assert recs[0]["lr"] == pytest.approx(0.001 * (0.05 + 0.475 * (1 + math.cos(0.75 * math.pi))))
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert (ck["epoch"], ck["step"]) == (2, 4)
+    load_run(tmp_path / "run")  # a finished, loadable run
+
+
+def test_time_budget_longer_than_the_epochs_ends_with_them(monkeypatch, tmp_path, tiny_dataset):
+    meta = _budgeted_train(monkeypatch, tiny_dataset, tmp_path / "run", minutes=60, seconds_per_step=1, epochs=2)
+    assert meta["trained"] == {"steps": 6, "epochs": 2.0, "stopped_by": "epochs"}
+    recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert recs[-1]["lr"] == pytest.approx(0.05 * 0.001)  # the epoch schedule's end came first
+
+
+def test_a_run_stopped_by_its_budget_resumes_as_finished(monkeypatch, tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    _budgeted_train(monkeypatch, tiny_dataset, out, minutes=1, seconds_per_step=15)
+    before = torch.load(out / "model.pt", weights_only=True)["trained"]
+    meta = _budgeted_train(monkeypatch, tiny_dataset, out, minutes=1, seconds_per_step=15)
+    assert meta["trained"]["steps"] == 4  # no step past the budget on a re-run
+    after = torch.load(out / "model.pt", weights_only=True)["trained"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_refuses_a_non_positive_budget(tmp_path, tiny_dataset, capsys):
+    assert main(_train_argv(tiny_dataset, tmp_path / "run", 1) + ["--minutes", "0"]) == 2
+    assert "--minutes must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_a_schedule_longer_than_an_hour_says_how_to_bound_it(capsys):
+    from convert.train import _warn_if_long
+
+    _warn_if_long(elapsed_s=200, epoch_s=150, epochs_left=43)  # 200 + 43 x 150 s = 111 min
+    assert "about 111 min; --minutes 55 bounds it" in capsys.readouterr().out
+    _warn_if_long(elapsed_s=100, epoch_s=60, epochs_left=43)  # 45 min: nothing to say
+    assert capsys.readouterr().out == ""

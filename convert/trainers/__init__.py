@@ -4,7 +4,10 @@ A trainer is built once per run from the model and the prepared (pose-augmented)
 training split, and exposes:
 
     defaults: dict              epochs, lr, image_size this family trains with unless told
-    optimizer(lr, total_steps)  -> (torch optimizer, per-step LR scheduler or None)
+    optimizer(lr, total_steps, progress=None)
+                                -> (torch optimizer, per-step LR scheduler or None); progress,
+                                when given, returns the fraction of a time budget spent, and a
+                                decaying schedule ends at whichever of it and total_steps is first
     train_mode()                put the trained modules in training mode (once per epoch)
     loss(idx)                   -> (loss tensor to back-propagate, {name: float} for the log);
                                 its forward pass runs under common.autocast(precision)

@@ -52,7 +52,7 @@ class DBRNTrainer:
         self.bank = TextureBank([train_set.thumbs[i] for i in first.values()])
         self.scale = params.height_scale_m or 1.0
 
-    def optimizer(self, lr: float, total_steps: int):
+    def optimizer(self, lr: float, total_steps: int, progress=None):
         opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
         warm = self.warmup_steps
 
@@ -60,6 +60,8 @@ class DBRNTrainer:
             if step < warm:
                 return (step + 1) / warm
             t = min((step - warm) / max(total_steps - warm, 1), 1.0)
+            if progress is not None:  # a time budget: decay toward whichever end is nearer
+                t = max(t, progress())
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

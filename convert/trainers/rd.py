@@ -25,8 +25,8 @@ class RDTrainer:
         self.bank = {m: teacher_bank(model, torch.from_numpy(getattr(train_set, m))) for m in MODALITIES}
         self.fg = torch.from_numpy(train_set.fg)
 
-    def optimizer(self, lr: float, total_steps: int):
-        # RD4AD's optimiser settings.
+    def optimizer(self, lr: float, total_steps: int, progress=None):
+        # RD4AD's optimiser settings: a constant rate, so a time budget only stops it.
         return torch.optim.Adam(self.model.trainable_parameters(), lr=lr, betas=(0.5, 0.999)), None
 
     def train_mode(self) -> None:
