@@ -160,8 +160,8 @@ def main(argv=None) -> int:
     schedule = f"{tc['epochs']} epochs"
     if tc.get("minutes"):  # a time budget: how far it got on this machine
         done = run["trained"]
-        schedule = (f"{done['epochs']:g} of at most {tc['epochs']} epochs ({done['steps']:,} steps, stopped by "
-                    f"{'the ' + format(tc['minutes'], 'g') + '-minute budget' if done['stopped_by'] == 'time' else 'the epoch count'})")
+        stop = f"the {tc['minutes']:g}-minute budget" if done["stopped_by"] == "time" else "the epoch count"
+        schedule = f"{done['epochs']:g} of at most {tc['epochs']} epochs ({done['steps']:,} steps, stopped by {stop})"
 
     body = f"""## DBRN on cable_gland (`dbrn_cable_gland`)
 

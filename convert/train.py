@@ -57,8 +57,8 @@ class TrainConfig:
     preprocess: dict = field(default_factory=dict)
     # Wall-time budget in minutes (data loading included): training stops at the budget or at
     # `epochs`, whichever comes first, and the learning-rate schedule decays toward whichever end
-    # is nearer. The same CPU model has run a step 1.6-2 x slower from one day to the next
-    # (benchmarks/RESULTS.md, train_step_precision), so an epoch count alone cannot promise an
+    # is nearer. The same CPU model has run a step 2 to 2.6 x slower from one day to the next
+    # (benchmarks/RESULTS.md, dbrn_development_log), so an epoch count alone cannot promise an
     # hour. None = epochs only (reproducible step for step; a budget is not, across machines).
     minutes: float | None = None
 
@@ -82,7 +82,7 @@ class TimeBudget:
         return min((self.clock() - self.start) / self.seconds, 1.0)
 
     def over(self) -> bool:
-        return self.clock() - self.start >= self.seconds
+        return self.fraction() >= 1.0
 
 
 def data_fingerprint(root, split: str = "train") -> str:
@@ -164,7 +164,7 @@ def _create(cfg: TrainConfig, model_config: dict):
 
 def _warn_if_long(elapsed_s: float, epoch_s: float, epochs_left: int, hour_s: float = 3600.0) -> None:
     """After the first epoch: say when the epoch count will take more than an hour at this pace
-    (the same CPU model has run steps 2 x slower from one day to the next)."""
+    (the same CPU model has run steps 2 to 2.6 x slower from one day to the next)."""
     total = elapsed_s + epoch_s * epochs_left
     if total > hour_s:
         tqdm.write(f"at this pace training takes about {total / 60:.0f} min; "
@@ -326,11 +326,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
         if epoch == start_epoch and not budget:
             _warn_if_long(rec["elapsed_s"], clock() - t_loop, cfg.epochs - done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.epochs or stopped_by == "time":
+        if done % cfg.checkpoint_every == 0:
             checkpoint(done)
         if stopped_by == "time":
             break
-    if saved["epoch"] < done:  # stopped between epochs: a re-run must resume from here, not earlier
+    if saved["epoch"] < done:  # the last epoch, whole or cut by the budget: a re-run resumes from here
         checkpoint(done)
     log.close()
 
