@@ -132,6 +132,33 @@ def test_ssim_identity():
     assert float(ssim(x, torch.rand(2, 3, 32, 32)).max()) < 0.5
 
 
+def test_ssim_matches_the_2d_gaussian_window_definition():
+    """The separable implementation computes SSIM with the usual 11 x 11 Gaussian window."""
+    import torch.nn.functional as F
+
+    def reference(a, b, size=11, sigma=1.5):
+        x = torch.arange(size, dtype=torch.float32) - size // 2
+        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        w = (g[:, None] * g[None, :]) / g.sum() ** 2
+        c = a.shape[1]
+        win = w[None, None].repeat(c, 1, 1, 1)
+        rng = (b.amax((1, 2, 3)) - b.amin((1, 2, 3))).clamp_min(1e-3).view(-1, 1, 1, 1)
+        c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+
+        def filt(t):
+            return F.conv2d(t, win, padding=size // 2, groups=c)
+
+        ma, mb = filt(a), filt(b)
+        saa, sbb, sab = filt(a * a) - ma ** 2, filt(b * b) - mb ** 2, filt(a * b) - ma * mb
+        return ((2 * ma * mb + c1) * (2 * sab + c2)) / ((ma ** 2 + mb ** 2 + c1) * (saa + sbb + c2))
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 40, 40), torch.randn(2, 3, 40, 40)
+    b2 = 0.7 * a + 0.3 * b
+    for x, y in ((a, b), (a, b2), (b2, a)):
+        assert torch.allclose(ssim_map(x, y), reference(x, y), atol=1e-5)
+
+
 def test_score_stats_normalise(inputs):
     m = DBRN(DBRNConfig.from_dict(TINY)).eval()
     rgb, depth, fg = inputs

@@ -371,11 +371,10 @@ class UNetDiscriminator(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gauss_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -383,17 +382,18 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.
     from the dynamic range of b (clamped away from zero)."""
     c = a.shape[1]
     size = min(size, a.shape[-1] - (1 - a.shape[-1] % 2))
-    win = _gauss_window(size, sigma).to(a).repeat(c, 1, 1, 1)
     rng = (b.amax((1, 2, 3)) - b.amin((1, 2, 3))).clamp_min(1e-3).view(-1, 1, 1, 1)
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
-
-    def filt(x):
-        return F.conv2d(x, win, padding=size // 2, groups=c)
-
-    mu_a, mu_b = filt(a), filt(b)
-    saa = filt(a * a) - mu_a ** 2
-    sbb = filt(b * b) - mu_b ** 2
-    sab = filt(a * b) - mu_a * mu_b
+    # The Gaussian is separable and the five local moments share it: one row and one column pass
+    # over all of them instead of five 11 x 11 passes. The same SSIM to 1e-6 in half the time,
+    # 5-10 % of a DBRN edge training step on the 2-core CPU (dbrn_development_log).
+    g = _gauss_1d(size, sigma).to(a)
+    k = 5 * c
+    x = torch.cat([a, b, a * a, b * b, a * b], 1)
+    x = F.conv2d(x, g.view(1, 1, 1, size).expand(k, 1, 1, size), padding=(0, size // 2), groups=k)
+    x = F.conv2d(x, g.view(1, 1, size, 1).expand(k, 1, size, 1), padding=(size // 2, 0), groups=k)
+    mu_a, mu_b, e_aa, e_bb, e_ab = x.split(c, 1)
+    saa, sbb, sab = e_aa - mu_a ** 2, e_bb - mu_b ** 2, e_ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
 
 
