@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch.nn.functional as F  # noqa: E402
 from convert.models import create_model, list_models  # noqa: E402
 from convert.models.dbrn import DBRN, DBRNConfig, ssim_map  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
@@ -134,8 +135,6 @@ def test_ssim_identity():
 
 def test_ssim_matches_the_2d_gaussian_window_definition():
     """The separable implementation computes SSIM with the usual 11 x 11 Gaussian window."""
-    import torch.nn.functional as F
-
     def reference(a, b, size=11, sigma=1.5):
         x = torch.arange(size, dtype=torch.float32) - size // 2
         g = torch.exp(-0.5 * (x / sigma) ** 2)
