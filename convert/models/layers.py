@@ -14,15 +14,20 @@ def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequenti
     )
 
 
+def gaussian_1d(radius: int, sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of 2 * radius + 1 taps."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
 class GaussianBlur(nn.Module):
     """Fixed separable Gaussian as two depthwise convolutions: exports to ONNX as plain Conv."""
 
     def __init__(self, sigma: float, channels: int = 1):
         super().__init__()
         radius = max(1, int(math.ceil(4 * sigma)))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (x / sigma) ** 2)
-        k = (k / k.sum()).repeat(channels, 1, 1, 1)
+        k = gaussian_1d(radius, sigma).repeat(channels, 1, 1, 1)
         self.register_buffer("kx", k.view(channels, 1, 1, -1), persistent=False)
         self.register_buffer("ky", k.view(channels, 1, -1, 1), persistent=False)
         self.radius, self.channels = radius, channels
