@@ -380,7 +380,7 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int = 11, sigma: float = 1.
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     # The Gaussian is separable and the five local moments share it: one row and one column pass
     # over all of them instead of five 11 x 11 passes. The same SSIM to 1e-6 in half the time,
-    # 5-10 % of a DBRN edge training step on the 2-core CPU (dbrn_development_log).
+    # a few per cent of a DBRN edge training step on the 2-core CPU (benchmarks: ssim_step_ab).
     g = gaussian_1d(size // 2, sigma).to(a)  # size is odd
     k = 5 * c
     x = torch.cat([a, b, a * a, b * b, a * b], 1)
