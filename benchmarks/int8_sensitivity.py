@@ -45,7 +45,10 @@ DBRN_GROUPS = {
     "ISM embeddings": ("/ism/embed",),
     "ISM (embeddings + weights)": ("/ism/",),
     "discriminator": ("/disc/",),
+    "discriminator encoder (e1-e3)": ("/disc/e1/", "/disc/e2/", "/disc/e3/"),
+    "discriminator decoder (d2, d1, output)": ("/disc/d2/", "/disc/d1/", "/disc/out"),
     "discriminator output": ("/disc/out",),
+    "branch embeddings + heads, discriminator decoder": KEEP_FP32_OPTIONAL + ("/disc/d2/", "/disc/d1/", "/disc/out"),
     "ISM + discriminator": ("/ism/", "/disc/"),
 }
 NOTES = {
