@@ -121,7 +121,7 @@ def read_all(src, limit=100, on_open=None) -> list[Frame]:
 def read_all_with_scale(src, limit=100) -> tuple[list[Frame], float]:
     """read_all, and the depth scale the source read from the recording's depth sensor, taken
     from the same session: opening a second pipeline only to read it, and stopping that one while
-    its playback starts, crashed librealsense 2.59 about once in 20 runs of this file."""
+    its playback starts, crashed librealsense 2.59 (once in 22 runs of this file)."""
     scale = []
     frames = read_all(src, limit, on_open=lambda s: scale.append(s.session.depth_scale))
     return frames, scale[0]
