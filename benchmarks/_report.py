@@ -1,6 +1,7 @@
 """Shared by the benchmark scripts: machine description and RESULTS.md sections."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -22,6 +23,16 @@ def missing_data(path, what: str = "this benchmark") -> bool:
         return False
     print(f"{path} not found: {what} needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
     return True
+
+
+def run_probe_parser(doc: str | None, **kw) -> argparse.ArgumentParser:
+    """The options every benchmark that looks inside trained runs shares: --run RUN_DIR[=LABEL]
+    (repeatable), --data and --threads. Add the script's own options to the parser it returns."""
+    ap = argparse.ArgumentParser(description=doc, **kw)
+    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]", help="repeatable")
+    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
 
 
 def command(script: str, argv=None, python: str = "python") -> str:

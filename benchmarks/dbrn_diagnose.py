@@ -17,7 +17,6 @@ test images) and its section of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import command, machine, missing_data, run_probe_parser, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.metrics import image_auroc_interval  # noqa: E402
 from convert.models.encoders import create_encoder  # noqa: E402
@@ -148,10 +147,7 @@ def sheet(split, res: dict, gt: np.ndarray, params, n: int = 6) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]")
-    ap.add_argument("--data", default=str(CABLE_GLAND))
-    ap.add_argument("--threads", type=int, default=2)
+    ap = run_probe_parser(__doc__)
     ap.add_argument("--dropout-passes", type=int, default=4,
                     help="forward passes averaged for the test-time-dropout column (0: skip it)")
     a = ap.parse_args(argv)

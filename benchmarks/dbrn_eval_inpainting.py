@@ -11,7 +11,6 @@ Writes section `dbrn_eval_inpainting` of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, command, fmt, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import command, fmt, machine, missing_data, run_probe_parser, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.evaluation import score_split  # noqa: E402
 from convert.evaluate import infer  # noqa: E402
@@ -41,11 +40,8 @@ def with_cell(model, run: dict, cell: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", action="append", required=True, help="RUN_DIR or RUN_DIR=LABEL (repeatable)")
-    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap = run_probe_parser(__doc__)
     ap.add_argument("--cell", type=int, default=8, help="inpainting cell in pixels when switched on")
-    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     if missing_data(a.data):
         return 2

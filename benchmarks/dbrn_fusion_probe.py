@@ -6,7 +6,6 @@ off, and the ISM's mean depth weight (full scale) on good and on defective test 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import command, machine, missing_data, run_probe_parser, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.train import load_run  # noqa: E402
 
@@ -38,10 +37,7 @@ def scores_and_depth_weight(model, split, mode: str, foreground_mask: bool, batc
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]")
-    ap.add_argument("--data", default=str(CABLE_GLAND))
-    ap.add_argument("--threads", type=int, default=2)
+    ap = run_probe_parser(__doc__)
     a = ap.parse_args(argv)
     if missing_data(a.data):
         return 2

@@ -32,7 +32,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
+from benchmarks._report import command, machine, missing_data, run_probe_parser, write_section  # noqa: E402
 from benchmarks.dbrn_diagnose import test_time_dropout  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from convert.models.rd import MODES, PRESENT  # noqa: E402
@@ -177,10 +177,7 @@ def table(label: str, res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]")
-    ap.add_argument("--data", default=str(CABLE_GLAND))
-    ap.add_argument("--threads", type=int, default=2)
+    ap = run_probe_parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=4, help="pseudo-anomalous copies of each validation image")
     ap.add_argument("--dropout-passes", type=int, default=8, help="passes averaged for test-time dropout (0: skip)")
     a = ap.parse_args(argv)

@@ -18,11 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
-from benchmarks.train_step_precision import prepared  # noqa: E402
+from benchmarks.train_step_precision import prepared, step_setup  # noqa: E402
 from calibrate.dataset import load_raw  # noqa: E402
-from convert.models import create_model  # noqa: E402
 from convert.train import optimiser_step  # noqa: E402
-from convert.trainers import make_trainer  # noqa: E402
 
 VARIANTS = {
     "edge preset (discriminator at 1/2, heads at 1, 1/2, 1/4)": {},
@@ -43,14 +41,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(a.threads)
     split, params = prepared("dbrn", load_raw(a.data, "train", False)[:10], {})
-    setups = {}
-    for name, over in VARIANTS.items():
-        torch.manual_seed(0)
-        model = create_model("dbrn", config={"image_size": params.image_size, **over})
-        trainer = make_trainer("dbrn", model, split, params, "bf16")
-        opt, sched = trainer.optimizer(1e-3, 10_000)
-        trainer.train_mode()
-        setups[name] = (trainer, opt, sched)
+    setups = {name: step_setup("dbrn", over, "bf16", split, params, 10_000) for name, over in VARIANTS.items()}
     times = {k: [] for k in VARIANTS}
     np.random.seed(0)
     for it in range(a.steps + 2):

@@ -19,12 +19,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import convert.models.dbrn as dbrn  # noqa: E402
 from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
-from benchmarks.train_step_precision import prepared  # noqa: E402
+from benchmarks.train_step_precision import prepared, step_setup  # noqa: E402
 from calibrate.dataset import load_raw  # noqa: E402
-from convert.models import create_model  # noqa: E402
 from convert.models.layers import gaussian_1d  # noqa: E402
 from convert.train import optimiser_step  # noqa: E402
-from convert.trainers import make_trainer  # noqa: E402
 
 
 def ssim_map_2d(a, b, size: int = 11, sigma: float = 1.5):
@@ -55,11 +53,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(a.threads)
     split, params = prepared("dbrn", load_raw(a.data, "train", False)[:4], {})
-    torch.manual_seed(0)
-    model = create_model("dbrn", config={"image_size": params.image_size})
-    trainer = make_trainer("dbrn", model, split, params, "bf16")
-    opt, sched = trainer.optimizer(1e-3, 10_000)
-    trainer.train_mode()
+    trainer, opt, sched = step_setup("dbrn", {}, "bf16", split, params, 10_000)
     separable = dbrn.ssim_map
     variants = {"2-D window": ssim_map_2d, "separable": separable}
     rows = []

@@ -49,14 +49,21 @@ def prepared(name: str, raw, cache: dict):
     return cache[size]
 
 
-def step_seconds(name: str, overrides: dict, precision: str, split, params, steps: int, warmup: int = 3) -> float:
-    """Median seconds of the training loop's own step (convert.train.optimiser_step)."""
+def step_setup(name: str, overrides: dict, precision: str, split, params, total_steps: int = 1000):
+    """(trainer, optimiser, scheduler) in training mode, as the training loop builds them, for
+    timing its step (convert.train.optimiser_step); torch seeded 0 first."""
     torch.manual_seed(0)
-    np.random.seed(0)
     model = create_model(name, config={"image_size": params.image_size, **overrides})
     trainer = make_trainer(name, model, split, params, precision)
-    opt, sched = trainer.optimizer(1e-3, 1000)
+    opt, sched = trainer.optimizer(1e-3, total_steps)
     trainer.train_mode()
+    return trainer, opt, sched
+
+
+def step_seconds(name: str, overrides: dict, precision: str, split, params, steps: int, warmup: int = 3) -> float:
+    """Median seconds of the training loop's own step (convert.train.optimiser_step)."""
+    np.random.seed(0)
+    trainer, opt, sched = step_setup(name, overrides, precision, split, params)
     times = []
     for it in range(warmup + steps):
         idx = torch.randperm(len(split))[:8]
