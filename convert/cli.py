@@ -28,14 +28,32 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
+    """"x0,y0,x1,y1" (fractions of the frame) -> tuple; the range check is PreprocessParams'."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        vals = tuple(float(v) for v in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise ValueError(f"--roi {text!r}: expected four fractions x0,y0,x1,y1 (e.g. 0.15,0.15,0.85,0.85)")
+    return vals
+
+
 def _cmd_train(a) -> int:
     from .train import train
+
+    preprocess = {"depth_encoding": a.depth_encoding}
+    if a.roi is not None:
+        preprocess["roi"] = parse_roi(a.roi)
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
                       batch_size=a.batch_size, lr=a.lr, threads=a.threads, precision=a.precision,
                       rotations=a.rotations, flip=not a.no_flip, minutes=a.minutes,
                       preset=a.preset, model_config=parse_overrides(a.overrides),
-                      preprocess={"depth_encoding": a.depth_encoding})
+                      preprocess=preprocess)
     out = train(a.data, a.out, cfg, progress=not a.quiet)
     print(f"run written to {out}")
     return 0
@@ -106,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth-encoding", choices=["normals_height", "height", "normals"], default="normals_height",
                    help="how depth is shown to the ImageNet encoder (docs/models.md)")
     t.add_argument("--image-size", type=int, help=f"default: the model's ({_family_defaults('image_size')})")
+    t.add_argument("--roi", metavar="X0,Y0,X1,Y1",
+                   help="crop every frame to this region (fractions of the frame) before resizing: more pixels "
+                        "on the part at the same cost. Saved with the run, so evaluation, bundles and the "
+                        "daemon crop alike; leave a background border for the depth plane fit")
     t.add_argument("--batch-size", type=int, help=f"default: the model's ({_family_defaults('batch_size')})")
     t.add_argument("--lr", type=float, help=f"default: the model's ({_family_defaults('lr')})")
     t.add_argument("--seed", type=int, default=0)

@@ -268,13 +268,14 @@ def test_real_d435_recording():
     pytest.importorskip("pyrealsense2")
     src = open_source({"type": "recording", "path": str(REAL_BAG)})
     frames = read_all(src)
-    # Observed with pyrealsense2 2.59.1: the file holds depth #169, colour #162, depth #170, but
-    # the pipeline emits a frameset only once it has every stream, so depth #169 is superseded
-    # before the first colour frame arrives: ONE frameset (depth #170 + colour #162) comes out.
-    # No frameset with rgb None is produced; later gaps would be filled with the last frame (stale).
-    assert len(frames) == 1
+    # The file holds depth #169, colour #162, depth #170. Every depth frame comes out, the second
+    # with the last colour frame again (stale colour, counted). Before the source held the
+    # playback until the pipeline had started, depth #169 played before the colour sensor was
+    # started and was lost: one frameset, (170, 162), with pyrealsense2 2.59.1.
+    assert [(f.depth_frame_number, f.color_frame_number) for f in frames] == [(169, 162), (170, 162)]
+    assert frames[1].color_timestamp_ms == frames[0].color_timestamp_ms
+    assert src.stats()["stale_color"] == 1 and src.stats()["stale_depth"] == 0
     f = frames[0]
-    assert (f.depth_frame_number, f.color_frame_number) == (170, 162)
     assert f.rgb.shape == (480, 640, 3) and f.rgb.dtype == np.uint8
     assert f.depth.shape == (480, 640) and f.depth.dtype == np.float32
     valid = f.depth[f.depth > 0]
@@ -283,7 +284,7 @@ def test_real_d435_recording():
     assert f.intrinsics.width == 640 and f.intrinsics.height == 480
     assert 500 < f.intrinsics.fx < 700 and 300 < f.intrinsics.cx < 340
     assert f.depth_timestamp_ms > 0 and f.color_timestamp_ms > 0
-    assert src.stats()["frames"] == 1
+    assert src.stats()["frames"] == 2
 
 
 # --------------------------------------------------------------------------- folder replay

@@ -293,6 +293,27 @@ def test_cli_train_on_missing_dataset(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+def test_cli_train_roi_is_saved_with_the_run(tmp_path, tiny_dataset):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_dataset), "--out", str(run), "--image-size", str(TINY_SIZE),
+                 "--epochs", "1", "--rotations", "1", "--no-flip", "--threads", "1",
+                 "--roi", "0.1,0.05,0.9,0.95", "--quiet"])
+    assert code == 0
+    pre = yaml.safe_load((run / "run.yaml").read_text())["preprocess"]
+    assert pre["roi"] == [0.1, 0.05, 0.9, 0.95]
+    _, params, _ = load_run(run)  # evaluation, bundles and the daemon read the crop from here
+    assert params.roi == (0.1, 0.05, 0.9, 0.95)
+
+
+@pytest.mark.parametrize("roi, named", [("0.1,0.1,0.9", "four fractions"), ("a,b,c,d", "four fractions"),
+                                         ("0.9,0.1,0.1,0.9", "roi must be fractions")])
+def test_cli_train_rejects_a_bad_roi(tmp_path, tiny_dataset, capsys, roi, named):
+    code = main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--roi", roi, "--quiet"])
+    assert code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
 def test_cli_rejects_unknown_model(tmp_path, tiny_dataset):
     with pytest.raises(SystemExit) as ei:
         main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--model", "nope"])
