@@ -28,13 +28,10 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
+def parse_roi(text: str) -> tuple[float, float, float, float]:
     """"x0,y0,x1,y1" (fractions of the frame) -> tuple; the range check is PreprocessParams'."""
-    if text is None:
-        return None
-    parts = text.split(",")
     try:
-        vals = tuple(float(v) for v in parts)
+        vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         vals = ()
     if len(vals) != 4:

@@ -109,15 +109,16 @@ class DBRNConfig(DictConfig):
             raise ValueError(f"dbrn config: inpaint_train_passes must be 1 or 2, got {self.inpaint_train_passes}")
         if self.image_size % down or self.image_size % (4 * self.disc_stride):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
-        for modality in ("rgb", "depth"):
-            res = self.image_size // self.branch_patch(modality)
-            for stage in range(len(self.depths)):
-                if res % min(self.window_size, res):  # window partitions must tile every stage
-                    raise ValueError(f"dbrn config: window_size {self.window_size} must divide the {modality} "
-                                     f"branch's stage-{stage + 1} token grid {res} x {res} (image_size "
-                                     f"{self.image_size}, patch {self.branch_patch(modality)}); e.g. "
-                                     f"--set window_size=6 for image_size 96")
-                res //= 2
+        # window partitions must tile every stage's token grid, in both branches
+        grids = [(m, i, self.image_size // self.branch_patch(m) // 2 ** i)
+                 for m in ("rgb", "depth") for i in range(len(self.depths))]
+        for modality, stage, res in grids:
+            if res % min(self.window_size, res):
+                fits = next(w for w in range(self.window_size, 0, -1) if all(r % min(w, r) == 0 for *_, r in grids))
+                raise ValueError(f"dbrn config: window_size {self.window_size} must divide the {modality} "
+                                 f"branch's stage-{stage + 1} token grid {res} x {res} (image_size "
+                                 f"{self.image_size}, patch {self.branch_patch(modality)}), e.g. "
+                                 f"--set window_size={fits}")
 
     def branch_patch(self, modality: str) -> int:
         return (self.depth_patch_size or self.patch_size) if modality == "depth" else self.patch_size
