@@ -226,8 +226,9 @@ class RealSenseSource(BaseSource):
             held = resolved.get_device().as_playback()
             held.set_real_time(realtime)
             # Hold the file until start() has set up every sensor and the syncer, then play it:
-            # without the hold, 3 of 1,000 opens of a 4-frame file lost their first frames or
-            # paired every colour frame with the last depth frame; with it, none of 1,000.
+            # without the hold, 3 of 500 opens of a 4-frame file lost their first frames or
+            # paired every colour frame with the last depth frame; with it, none of 500 (nor of
+            # 500 opens of a 5-frame file).
             held.pause()
             profile = pipeline.start(config)
             playback = profile.get_device().as_playback()
