@@ -225,10 +225,10 @@ class RealSenseSource(BaseSource):
             resolved = config.resolve(rs.pipeline_wrapper(pipeline))
             held = resolved.get_device().as_playback()
             held.set_real_time(realtime)
-            # Hold the file until start() has set up every sensor and the syncer, then play it:
-            # without the hold, 3 of 500 opens of a 4-frame file lost their first frames or
-            # paired every colour frame with the last depth frame; with it, none of 500 (nor of
-            # 500 opens of a 5-frame file).
+            # Hold the file until start() has set up every sensor and the syncer, then play it.
+            # Without the hold the real D435 test file lost its first depth frame on every open,
+            # and now and then a 4-frame test file lost its first frames or paired them wrongly
+            # (benchmarks/RESULTS.md, playback_start).
             held.pause()
             profile = pipeline.start(config)
             playback = profile.get_device().as_playback()
