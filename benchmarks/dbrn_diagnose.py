@@ -168,8 +168,8 @@ def main(argv=None) -> int:
         fd = feature_distance_auroc(model, test, res, encoder)
         ttd = f"{test_time_dropout_auroc(model, test, a.dropout_passes):.3f}" if a.dropout_passes else "-"
         log = [json.loads(x) for x in (Path(path) / "train_log.jsonl").read_text().splitlines() if x.strip()]
-        n_train = run["data"]["n_train_poses"]
-        steps = len(log) * (n_train // run["train"]["batch_size"])
+        # the log's count where it has one: a run cut by --minutes ends mid-epoch
+        steps = log[-1].get("step", len(log) * (run["data"]["n_train_poses"] // run["train"]["batch_size"]))
         cv2.imwrite(str(Path(path) / "diagnosis.png"), sheet(test, res, gt, params))
         rows.append(
             f"| {label or Path(path).name} | {params.image_size} | {steps} | "

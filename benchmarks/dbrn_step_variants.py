@@ -1,6 +1,7 @@
 """DBRN training step time of edge-preset variants that make a step cheaper, alternated step by step
 in one process so the machine's day-to-day speed cancels out: the discriminator at a quarter of the
-input (`disc_stride=4`), reconstruction heads at 1 and 1/2 only (`scales=[1, 2]`), and both. bf16,
+input (`disc_stride=4`), reconstruction heads at 1 and 1/2 only (`scales=[1, 2]`), both, and a
+step of the branches alone (the first phase of `branch_only_fraction`). bf16,
 batch 4 (the preset's), cable_gland training captures with fresh pseudo-anomalies. What these
 variants do to accuracy is a full run each (`dbrn_development_log`), not this script.
 
@@ -27,6 +28,8 @@ VARIANTS = {
     "`disc_stride=4`": {"disc_stride": 4},
     "`scales=[1, 2]`": {"scales": [1, 2]},
     "`disc_stride=4`, `scales=[1, 2]`": {"disc_stride": 4, "scales": [1, 2]},
+    # the steps timed here are all early in the schedule, before the ISM and discriminator join
+    "`branch_only_fraction`, a step of its branches-only phase": {"branch_only_fraction": 0.5},
 }
 
 

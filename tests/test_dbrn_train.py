@@ -371,3 +371,34 @@ def test_a_schedule_longer_than_an_hour_says_how_to_bound_it(capsys):
     assert "about 111 min; --minutes 55 bounds it" in capsys.readouterr().out
     _warn_if_long(elapsed_s=100, epoch_s=60, epochs_left=43)  # 45 min: nothing to say
     assert capsys.readouterr().out == ""
+
+
+def test_branch_only_fraction_trains_the_branches_first_then_all(split):
+    """branch_only_fraction=0.5 over 4 steps: steps 0-1 move only the branches (no focal term, ISM
+    and discriminator untouched); from step 2 on all take part, the ISM and discriminator from a
+    rate warming up from zero, so they move from step 3."""
+    from convert.train import optimiser_step
+
+    sp, params, _ = split
+    with pytest.raises(ValueError, match="branch_only_fraction"):
+        create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "branch_only_fraction": 1.0})
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "branch_only_fraction": 0.5})
+    tr = DBRNTrainer(model, sp, params)
+    opt, sched = tr.optimizer(1e-3, total_steps=4)
+    tr.train_mode()
+    heads = lambda: torch.cat([p.detach().flatten() for n, p in model.named_parameters()  # noqa: E731
+                               if not n.startswith("branches.")])
+    branch = lambda: model.branches[0].patch_embed.weight.detach().clone()  # noqa: E731
+    for step in range(4):
+        h0, b0 = heads(), branch()
+        _, parts = optimiser_step(tr, opt, sched, torch.arange(4))
+        moved = not torch.equal(heads(), h0)
+        assert not torch.equal(branch(), b0)
+        if step < 2:
+            assert parts["focal"] == 0.0 and not moved
+            assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("branches."))
+        else:
+            assert parts["focal"] > 0.0 and moved == (step == 3)
+            assert all(p.grad is not None for p in model.disc.parameters())

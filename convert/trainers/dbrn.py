@@ -51,10 +51,17 @@ class DBRNTrainer:
             first.setdefault(s, i)
         self.bank = TextureBank([train_set.thumbs[i] for i in first.values()])
         self.scale = params.height_scale_m or 1.0
+        self.joint = lambda: True  # optimizer() sets it from cfg.branch_only_fraction
 
     def optimizer(self, lr: float, total_steps: int, progress=None):
-        opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
         warm = self.warmup_steps
+
+        def schedule_t(step: int) -> float:  # how far the run is: steps, or the time budget if further
+            t = min(step / max(total_steps, 1), 1.0)
+            return max(t, progress()) if progress is not None else t
+
+        def cosine(t: float) -> float:
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
         def factor(step: int) -> float:  # linear warm-up (attention is unstable early), then cosine
             if step < warm:
@@ -62,9 +69,24 @@ class DBRNTrainer:
             t = min((step - warm) / max(total_steps - warm, 1), 1.0)
             if progress is not None:  # a time budget: decay toward whichever end is nearer
                 t = max(t, progress())
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+            return cosine(t)
 
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        first = self.model.cfg.branch_only_fraction
+        if not first:
+            opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+        def factor_heads(step: int) -> float:  # ISM + discriminator: zero, then warm-up and cosine
+            t = (schedule_t(step) - first) / (1 - first)
+            return 0.0 if t < 0 else min(1.0, t / 0.03) * cosine(t)
+
+        branches = list(self.model.branches.parameters())
+        mine = {id(p) for p in branches}
+        heads = [p for p in self.model.trainable_parameters() if id(p) not in mine]
+        opt = torch.optim.AdamW([{"params": branches}, {"params": heads}], lr=lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, factor_heads])
+        self.joint = lambda: schedule_t(sched.last_epoch) >= first
+        return opt, sched
 
     def train_mode(self) -> None:
         self.model.train()
@@ -93,6 +115,7 @@ class DBRNTrainer:
         # One generator per step, seeded from numpy's global state: resumable, reproducible.
         rng = np.random.default_rng(np.random.randint(2**31))
         ids = idx.tolist()
+        joint = self.joint()
         rgb_aug, depth_aug, masks, edited = zip(*(self.augment(i, rng) for i in ids))
         sp = self.split
         rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
@@ -100,7 +123,8 @@ class DBRNTrainer:
         mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present)
         with autocast(self.precision):
             out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
-                                         torch.from_numpy(np.stack(depth_aug)), present=present)
+                                         torch.from_numpy(np.stack(depth_aug)), present=present,
+                                         reconstruct_only=not joint)
         parts = model.losses(as_float(out), {"rgb": rgb, "depth": depth, "fg": fg, "mask": mask})
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
