@@ -70,6 +70,29 @@ def test_delay_and_width_from_capture_time():
     assert sink.backend.level == 0 and not sink.backend.is_open
 
 
+class _SlowRiseBackend(SimulatedBackend):
+    """A line whose activation takes 30 ms (a loaded CPU, a slow driver call) before it shows."""
+
+    def set(self, active: bool) -> None:
+        if active:
+            time.sleep(0.030)
+        super().set(active)
+
+
+def test_a_late_rise_still_gives_the_full_width():
+    sink = GpioSink(parse_gpio_config({"backend": "simulated", "delay_ms": 50, "pulse_ms": 80}),
+                    backend=_SlowRiseBackend())
+    try:
+        cap = time.monotonic()
+        sink.publish(result(0), capture_monotonic=cap)
+        settle(sink)
+        (rise, fall), = pulses(sink.backend)
+        assert rise >= cap + 0.050 + 0.030 - EPS  # the line showed late
+        assert fall >= rise + 0.080 - EPS  # and still stayed active as long as asked
+    finally:
+        sink.close()
+
+
 def test_capture_time_reconstructed_from_result_wall_time_and_latency():
     # made 40 ms ago, 60 ms after capture -> captured 100 ms ago
     r = result(0, wall_time=time.time() - 0.040, latency=Latency(total_ms=60.0))
