@@ -404,9 +404,9 @@ class GpioSink:
                         self._write(True)
                         self._c.inc("pulses")
                         self._max_start_error = max(self._max_start_error, now - start)
-                        # The full width from the actual rise: a late wake-up (a loaded CPU) must
-                        # not shorten the pulse the ejector needs.
-                        self._active_until = max(end, self._clock() + (end - start), now + 1e-4)
+                        # The full width from the actual rise (never before `start`, so never
+                        # before `end`): a late wake-up on a loaded CPU must not shorten the pulse.
+                        self._active_until = self._clock() + max(end - start, 1e-4)
                         continue
                     self._cv.wait(start - now)
                     continue
