@@ -75,9 +75,15 @@ def inpainting(mc: dict) -> str:
     return f"inpainting passes with {cell}-pixel cells ({passes})"
 
 
-def branches_fp32(int8_report: dict) -> str:
+OPTIONAL_NAMES = ("branch embeddings and heads", "discriminator decoder")  # KEEP_FP32_OPTIONAL's groups
+
+
+def optional_fp32(int8_report: dict) -> str:
+    """Which of KEEP_FP32_OPTIONAL's groups the chosen INT8 graph keeps in FP32."""
     kept = int8_report["kept_fp32_nodes"]
-    return "yes" if any(p in n for n in kept for p in KEEP_FP32_OPTIONAL) else "no"
+    names = [name for name, group in zip(OPTIONAL_NAMES, KEEP_FP32_OPTIONAL)
+             if any(p in n for n in kept for p in group)]
+    return " + ".join(names) or "none"
 
 
 def pts(a: float, b: float) -> str:
@@ -209,8 +215,8 @@ Edge model per mode, eager torch ms (median / p99): {', '.join(f"{m} {v[0]:.0f} 
 - Training wall time: {run['train_time_s'] / 60:.1f} min on this CPU (final loss {log[-1]['loss']:.3f},
   focal {log[-1].get('focal', float('nan')):.4f}); bundle (export, INT8 calibration with method choice,
   thresholds) {bundle_s / 60:.1f} min.
-- INT8 calibration methods kept: {', '.join(f"{m} {prov['int8'][m]['method']}" for m in MODES)}; branch
-  embeddings and heads left in FP32 (chosen on validation data): {', '.join(f"{m} {branches_fp32(prov['int8'][m])}" for m in MODES)}.
+- INT8 calibration methods kept: {', '.join(f"{m} {prov['int8'][m]['method']}" for m in MODES)}; optional
+  groups left in FP32 (chosen on validation data): {'; '.join(f"{m} {optional_fp32(prov['int8'][m])}" for m in MODES)}.
 - Machine: {machine()}; PyTorch {torch.__version__}, ONNX Runtime {__import__('onnxruntime').__version__}.
 - Command: `{cmd}`
 """

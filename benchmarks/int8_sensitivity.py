@@ -41,14 +41,14 @@ RD_GROUPS = {
 # and the discriminator.
 DBRN_GROUPS = {
     "nothing": (),
-    "branch patch embeddings + heads": KEEP_FP32_OPTIONAL,  # the set calibrate_int8 may keep
+    "branch patch embeddings + heads": KEEP_FP32_OPTIONAL[0],  # the groups calibrate_int8 may keep
     "ISM embeddings": ("/ism/embed",),
     "ISM (embeddings + weights)": ("/ism/",),
     "discriminator": ("/disc/",),
     "discriminator encoder (e1-e3)": ("/disc/e1/", "/disc/e2/", "/disc/e3/"),
-    "discriminator decoder (d2, d1, output)": ("/disc/d2/", "/disc/d1/", "/disc/out"),
+    "discriminator decoder (d2, d1, output)": KEEP_FP32_OPTIONAL[1],
     "discriminator output": ("/disc/out",),
-    "branch embeddings + heads, discriminator decoder": KEEP_FP32_OPTIONAL + ("/disc/d2/", "/disc/d1/", "/disc/out"),
+    "branch embeddings + heads, discriminator decoder": sum(KEEP_FP32_OPTIONAL, ()),
     "ISM + discriminator": ("/ism/", "/disc/"),
 }
 NOTES = {
@@ -56,8 +56,8 @@ NOTES = {
 and output is too coarse for features that the student must match to within a small cosine
 distance. The default keeps the stem and blocks 0-1 in FP32 (about 5 % of the FLOPs).""",
     "dbrn": """Read the test columns as where the error comes from, not as a setting: `rgbd-calibrate int8`
-chooses between quantising everything and keeping the branch embeddings and heads in FP32 by the
-validation score drift alone (calibrate/int8.py, KEEP_FP32_OPTIONAL), with no defects.""",
+chooses between quantising everything, keeping the branch embeddings and heads, the discriminator
+decoder, or both in FP32 by the validation score drift alone (calibrate/int8.py, KEEP_FP32_OPTIONAL), with no defects.""",
 }
 
 

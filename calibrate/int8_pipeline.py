@@ -1,6 +1,7 @@
 """rgbd-calibrate int8: calibrate, pick the method, report FP32 vs INT8."""
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,17 +34,17 @@ def validation_split(data, params, progress):
 
 def keep_candidates(onnx_path, keep_fp32=None) -> list[tuple[str, ...]]:
     """FP32 pattern sets to try: the given patterns (plus the smoothing) alone, or by default the
-    measured sensitive layers, and those plus KEEP_FP32_OPTIONAL where that keeps more nodes."""
+    measured sensitive layers, then those plus each combination of the KEEP_FP32_OPTIONAL groups
+    that keeps more nodes in this graph, fewest FP32 nodes first."""
     if keep_fp32 is not None:
         return [("/blur", *keep_fp32)]
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    sets = [KEEP_FP32_PATTERNS]
-    wider = KEEP_FP32_PATTERNS + KEEP_FP32_OPTIONAL
-    if len(fp32_nodes(model, wider)) > len(fp32_nodes(model, KEEP_FP32_PATTERNS)):
-        sets.append(wider)
-    return sets
+    groups = [g for g in KEEP_FP32_OPTIONAL if fp32_nodes(model, g)]
+    sets = [KEEP_FP32_PATTERNS + sum(combo, ()) for r in range(len(groups) + 1)
+            for combo in itertools.combinations(groups, r)]
+    return sorted(sets, key=lambda s: len(fp32_nodes(model, s)))  # stable: the default stays first
 
 
 def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples: int = 64,
