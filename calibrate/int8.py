@@ -35,7 +35,7 @@ KEEP_FP32_PATTERNS = ("/blur", "/teacher/_conv_stem", "/teacher/_blocks.0/", "/t
 # blocks between them are MatMul, which stays FP32 anyway). The discriminator's decoder (0.45 of
 # the edge model's 2.5 GFLOPs). Which of the two drifts more differs from run to run (one run's
 # rgb graph: the decoder; another's: the branches); together they cut the score drift on normal
-# data 3.6 to 7 x (benchmarks: int8_sensitivity_dbrn_rgb, dbrn_development_log).
+# data 3.6 to 7 x (benchmarks/RESULTS.md: int8_sensitivity_dbrn, int8_sensitivity_dbrn_rgb).
 KEEP_FP32_OPTIONAL = (("/branches.",), ("/disc/d2/", "/disc/d1/", "/disc/out"))
 
 
