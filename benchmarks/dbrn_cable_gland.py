@@ -75,14 +75,10 @@ def inpainting(mc: dict) -> str:
     return f"inpainting passes with {cell}-pixel cells ({passes})"
 
 
-OPTIONAL_NAMES = ("branch embeddings and heads", "discriminator decoder")  # KEEP_FP32_OPTIONAL's groups
-
-
 def optional_fp32(int8_report: dict) -> str:
     """Which of KEEP_FP32_OPTIONAL's groups the chosen INT8 graph keeps in FP32."""
     kept = int8_report["kept_fp32_nodes"]
-    names = [name for name, group in zip(OPTIONAL_NAMES, KEEP_FP32_OPTIONAL)
-             if any(p in n for n in kept for p in group)]
+    names = [name for name, group in KEEP_FP32_OPTIONAL.items() if any(p in n for n in kept for p in group)]
     return " + ".join(names) or "none"
 
 

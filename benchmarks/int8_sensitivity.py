@@ -41,14 +41,14 @@ RD_GROUPS = {
 # and the discriminator.
 DBRN_GROUPS = {
     "nothing": (),
-    "branch patch embeddings + heads": KEEP_FP32_OPTIONAL[0],  # the groups calibrate_int8 may keep
+    "branch patch embeddings + heads": KEEP_FP32_OPTIONAL["branch embeddings and heads"],  # groups calibrate_int8 may keep
     "ISM embeddings": ("/ism/embed",),
     "ISM (embeddings + weights)": ("/ism/",),
     "discriminator": ("/disc/",),
     "discriminator encoder (e1-e3)": ("/disc/e1/", "/disc/e2/", "/disc/e3/"),
-    "discriminator decoder (d2, d1, output)": KEEP_FP32_OPTIONAL[1],
+    "discriminator decoder (d2, d1, output)": KEEP_FP32_OPTIONAL["discriminator decoder"],
     "discriminator output": ("/disc/out",),
-    "branch embeddings + heads, discriminator decoder": sum(KEEP_FP32_OPTIONAL, ()),
+    "branch embeddings + heads, discriminator decoder": sum(KEEP_FP32_OPTIONAL.values(), ()),
     "ISM + discriminator": ("/ism/", "/disc/"),
 }
 NOTES = {

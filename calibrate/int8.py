@@ -28,7 +28,7 @@ QUANT_OPS = ("Conv", "ConvTranspose")
 # blocks 0-1 (all at stride 2; about 5 % of the FLOPs) nothing
 # (benchmarks/int8_sensitivity.py, benchmarks/RESULTS.md).
 KEEP_FP32_PATTERNS = ("/blur", "/teacher/_conv_stem", "/teacher/_blocks.0/", "/teacher/_blocks.1/")
-# Groups tried beside the default, alone and together, and kept only where that brings INT8
+# Named groups tried beside the default, alone and together, and kept only where that brings INT8
 # closer to FP32 on normal validation data (calibrate.int8_pipeline). Both are DBRN's; they
 # match no rd node. The branch patch embeddings and reconstruction heads: the convolutions that
 # read the input and write the reconstruction whose difference the score is made of (the Swin
@@ -36,7 +36,10 @@ KEEP_FP32_PATTERNS = ("/blur", "/teacher/_conv_stem", "/teacher/_blocks.0/", "/t
 # the edge model's 2.5 GFLOPs). Which of the two drifts more differs from run to run (one run's
 # rgb graph: the decoder; another's: the branches); together they cut the score drift on normal
 # data 3.6 to 7 x (benchmarks/RESULTS.md: int8_sensitivity_dbrn, int8_sensitivity_dbrn_rgb).
-KEEP_FP32_OPTIONAL = (("/branches.",), ("/disc/d2/", "/disc/d1/", "/disc/out"))
+KEEP_FP32_OPTIONAL = {
+    "branch embeddings and heads": ("/branches.",),
+    "discriminator decoder": ("/disc/d2/", "/disc/d1/", "/disc/out"),
+}
 
 
 @dataclass

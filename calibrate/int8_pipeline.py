@@ -41,7 +41,7 @@ def keep_candidates(onnx_path, keep_fp32=None) -> list[tuple[str, ...]]:
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    groups = [g for g in KEEP_FP32_OPTIONAL if fp32_nodes(model, g)]
+    groups = [g for g in KEEP_FP32_OPTIONAL.values() if fp32_nodes(model, g)]
     sets = [KEEP_FP32_PATTERNS + sum(combo, ()) for r in range(len(groups) + 1)
             for combo in itertools.combinations(groups, r)]
     return sorted(sets, key=lambda s: len(fp32_nodes(model, s)))  # stable: the default stays first
