@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import CABLE_GLAND, REPO, command, machine, write_section  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from calibrate.evaluation import score_split  # noqa: E402
-from calibrate.int8 import KEEP_FP32_OPTIONAL, quantize_int8  # noqa: E402
+from calibrate.int8 import KEEP_FP32_OPTIONAL, calibration_ranges, quantize_int8  # noqa: E402
 from calibrate.int8_pipeline import validation_split  # noqa: E402
 from calibrate.onnx_eval import run_split, session  # noqa: E402
 from edge.preprocess import PreprocessParams  # noqa: E402
@@ -94,10 +94,11 @@ def main(argv=None) -> int:
     base = run_split(graph, test, progress=False)
     val_base = run_split(graph, val, progress=False)[1]
     f = score_split(*base, test, a.mode)
+    ranges = calibration_ranges(graph, feeds, a.method)  # the same for every FP32 set
     rows = [f"| FP32 reference | - | 0 | {f['i_auroc']:.3f} | {f['p_auroc']:.3f} | {f['aupro']:.3f} | 0 |"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, pats in groups.items():
-            r = quantize_int8(graph, Path(tmp) / "q.onnx", feeds, a.method, keep_fp32=("/blur", *pats))
+            r = quantize_int8(graph, Path(tmp) / "q.onnx", ranges, keep_fp32=("/blur", *pats))
             q = run_split(r.path, test, progress=False)
             s = score_split(*q, test, a.mode)
             # What calibrate_int8 selects on: the largest image-score change on normal validation data.

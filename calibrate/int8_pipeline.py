@@ -10,7 +10,7 @@ import numpy as np
 
 from .dataset import load_raw, prepare
 from .evaluation import score_split
-from .int8 import KEEP_FP32_OPTIONAL, KEEP_FP32_PATTERNS, METHODS, fp32_nodes, quantize_int8
+from .int8 import KEEP_FP32_OPTIONAL, KEEP_FP32_PATTERNS, METHODS, calibration_ranges, fp32_nodes, quantize_int8
 from .onnx_eval import run_split, session
 
 
@@ -58,12 +58,15 @@ def calibrate_int8(onnx_path, data, out, params, method: str = "auto", n_samples
     val, val_name = validation_split(data, params, progress)
     ref_maps, ref_scores = run_split(onnx_path, val, progress=progress, desc="fp32 validation")
 
+    methods = METHODS if method == "auto" else (method,)
+    # One calibration pass a method: the FP32 graph, and so its ranges, are the same for every keep set.
+    ranges = {m: calibration_ranges(onnx_path, feeds, m) for m in methods}
     candidates, best = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for ki, keep in enumerate(keep_sets):  # fewest FP32 nodes first: ties keep the smaller set
-            for m in (METHODS if method == "auto" else (method,)):
+            for m in methods:
                 path = Path(tmp) / f"{m}-{ki}.onnx"
-                res = quantize_int8(onnx_path, path, feeds, m, keep_fp32=keep)
+                res = quantize_int8(onnx_path, path, ranges[m], keep_fp32=keep)
                 maps, scores = run_split(path, val, progress=progress, desc=f"int8 {m} validation")
                 c = {"method": m, "kept_fp32_patterns": list(keep),
                      "score_max_abs_diff": float(np.abs(scores - ref_scores).max()),
