@@ -24,9 +24,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missing_data,  # noqa: E402
-                               torch_latency, within_points, write_section)
+                               optional_fp32, torch_latency, within_points, write_section)
 from calibrate.dataset import load_raw, prepare  # noqa: E402
-from calibrate.int8 import KEEP_FP32_OPTIONAL  # noqa: E402
 from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
 from convert.bundle import make_bundle  # noqa: E402
 from convert.cli import parse_overrides  # noqa: E402
@@ -73,13 +72,6 @@ def inpainting(mc: dict) -> str:
         return "no inpainting passes"
     passes = "one pass a training step" if mc.get("inpaint_train_passes", 2) == 1 else "both passes in training too"
     return f"inpainting passes with {cell}-pixel cells ({passes})"
-
-
-def optional_fp32(int8_report: dict) -> str:
-    """Which of KEEP_FP32_OPTIONAL's groups the chosen INT8 graph keeps in FP32."""
-    kept = int8_report["kept_fp32_nodes"]
-    names = [name for name, group in KEEP_FP32_OPTIONAL.items() if any(p in n for n in kept for p in group)]
-    return " + ".join(names) or "none"
 
 
 def pts(a: float, b: float) -> str:

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto tries each and keeps the one closest to FP32 on validation data")
     q.add_argument("--samples", type=int, default=64, help="calibration samples from the train split")
     q.add_argument("--keep-fp32", nargs="*", default=None, help="node-name patterns kept in FP32 (default: the measured sensitive layers, tried "
-                        "with and without dbrn's branch embeddings and heads and its discriminator decoder; the set "
-                        "closest to FP32 on validation data is kept)")
+                        "with and without the optional groups the graph has: rd's teacher blocks 2-3, dbrn's branch "
+                        "embeddings and heads and its discriminator decoder; the set closest to FP32 on validation "
+                        "data is kept)")
     q.add_argument("--preprocess", help="preprocess.yaml (default: beside the ONNX)")
     q.add_argument("--report", help="write the JSON report here too")
     q.add_argument("--quiet", action="store_true")

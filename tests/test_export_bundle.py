@@ -28,7 +28,7 @@ def bundle_dir(tmp_path_factory, trained_run):
 
 
 def test_bundle_holds_every_mode_in_fp32_and_int8(bundle_dir):
-    from calibrate.int8 import KEEP_FP32_PATTERNS
+    from calibrate.int8 import KEEP_FP32_OPTIONAL, KEEP_FP32_PATTERNS
     from edge.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
@@ -46,8 +46,13 @@ def test_bundle_holds_every_mode_in_fp32_and_int8(bundle_dir):
         assert prov["parity"][mode]["max_abs_map"] <= 1e-4
         assert prov["parity"][mode]["max_abs_score"] <= 1e-4
         assert prov["int8"][mode]["method"] in ("minmax", "entropy", "percentile")
-        # rd has no DBRN branches: one FP32 set, the measured sensitive layers
-        assert {tuple(c["kept_fp32_patterns"]) for c in prov["int8"][mode]["candidates"]} == {KEEP_FP32_PATTERNS}
+        # rd's optional group is its teacher's blocks 2-3 (DBRN's match nothing here): two FP32 sets
+        blocks = KEEP_FP32_OPTIONAL["teacher blocks 2-3"]
+        assert {tuple(c["kept_fp32_patterns"]) for c in prov["int8"][mode]["candidates"]} == {
+            KEEP_FP32_PATTERNS, KEEP_FP32_PATTERNS + blocks}
+        i8 = prov["int8"][mode]
+        best = min(i8["candidates"], key=lambda c: c["score_max_abs_diff"])
+        assert (i8["method"], i8["kept_fp32_patterns"]) == (best["method"], list(best["kept_fp32_patterns"]))
 
 
 def test_every_exported_and_quantised_graph_passes_check_trt(bundle_dir, capsys):
