@@ -146,7 +146,7 @@ def test_unknown_precision_is_refused_before_training(tmp_path, tiny_dataset):
 def test_each_family_has_its_own_defaults_unless_told():
     rd, dbrn = TrainConfig(model="rd").resolved(), TrainConfig(model="dbrn").resolved()
     assert (rd.image_size, rd.lr, rd.epochs, rd.batch_size) == (256, 0.005, 16, 8)
-    assert (dbrn.image_size, dbrn.lr, dbrn.epochs, dbrn.batch_size) == (128, 0.001, 44, 4)
+    assert (dbrn.image_size, dbrn.lr, dbrn.epochs, dbrn.batch_size) == (128, 0.0005, 44, 4)
     # bf16 steps only where the CPU runs them natively (emulated bf16 is slower than fp32)
     assert rd.precision == "fp32" and dbrn.precision == ("bf16" if bf16_is_native() else "fp32")
     assert TrainConfig(model="dbrn", precision="fp32").resolved().precision == "fp32"
@@ -157,7 +157,7 @@ def test_each_family_has_its_own_defaults_unless_told():
 def test_cli_train_writes_a_dbrn_run(dbrn_run):
     meta = yaml.safe_load((dbrn_run / "run.yaml").read_text())
     assert meta["model"] == "dbrn"
-    assert meta["train"]["lr"] == 0.001 and meta["train"]["epochs"] == 2  # dbrn's own default lr
+    assert meta["train"]["lr"] == 0.0005 and meta["train"]["epochs"] == 2  # dbrn's own default lr
     cfg = meta["model_config"]
     assert cfg["embed_dim"] == 16 and cfg["image_size"] == TINY_SIZE
     assert cfg["disc_stride"] == 2  # the rest comes from the edge preset
@@ -333,9 +333,10 @@ def test_time_budget_stops_mid_epoch_with_the_rate_decayed(monkeypatch, tmp_path
     assert meta["trained"] == {"steps": 4, "epochs": 1.33, "stopped_by": "time"}
     recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["step"]) for r in recs] == [(1, 3), (2, 4)]  # the partial epoch is logged
-    assert recs[-1]["lr"] == pytest.approx(0.05 * 0.001)  # the cosine reached its floor at the budget
+    lr = DBRNTrainer.defaults["lr"]
+    assert recs[-1]["lr"] == pytest.approx(0.05 * lr)  # the cosine reached its floor at the budget
     # After epoch 1 the rate follows the clock (45 of 60 s), not the steps (3 of 30 planned).
-    assert recs[0]["lr"] == pytest.approx(0.001 * (0.05 + 0.475 * (1 + math.cos(0.75 * math.pi))))
+    assert recs[0]["lr"] == pytest.approx(lr * (0.05 + 0.475 * (1 + math.cos(0.75 * math.pi))))
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert (ck["epoch"], ck["step"]) == (2, 4)
     load_run(tmp_path / "run")  # a finished, loadable run
@@ -345,7 +346,7 @@ def test_time_budget_longer_than_the_epochs_ends_with_them(monkeypatch, tmp_path
     meta = _budgeted_train(monkeypatch, tiny_dataset, tmp_path / "run", minutes=60, seconds_per_step=1, epochs=2)
     assert meta["trained"] == {"steps": 6, "epochs": 2.0, "stopped_by": "epochs"}
     recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert recs[-1]["lr"] == pytest.approx(0.05 * 0.001)  # the epoch schedule's end came first
+    assert recs[-1]["lr"] == pytest.approx(0.05 * DBRNTrainer.defaults["lr"])  # the epoch schedule's end came first
 
 
 def test_a_run_stopped_by_its_budget_resumes_as_finished(monkeypatch, tmp_path, tiny_dataset):
