@@ -13,6 +13,7 @@ small differences are what the score is made of.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
 import tempfile
@@ -89,8 +90,8 @@ def fp32_nodes(model, keep_fp32: tuple[str, ...]) -> list[str]:
 # ONNX Runtime's entropy calibrator defaults to a 128-bin histogram and 128 quantised bins, which
 # leaves its KL search one candidate, the whole range: entropy was minmax under another name. 255
 # quantised bins are the levels of symmetric int8, and 512 histogram bins let the search clip to
-# anywhere from half the largest value to all of it, in steps of 1/256; its pure-Python search takes
-# seconds a graph so, where ORT's usual 2048 bins (clipping down to 1/8) would take minutes.
+# anywhere from half the largest value to all of it, in steps of 1/256. Its pure-Python search then
+# takes seconds a graph, where 2048 bins (clipping down to 1/8) would take minutes.
 ENTROPY_BINS = 512
 INT8_LEVELS = 255
 
@@ -159,10 +160,15 @@ def quantize_int8(onnx_in, onnx_out, ranges: Ranges, keep_fp32: tuple[str, ...] 
         # quantises them itself when it fuses the Conv.
         "QuantizeBias": False,
     }
+    # quantize_static takes measured ranges only through its calibration cache (ORT >= 1.27).
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise RuntimeError(f"INT8 calibration needs onnxruntime >= 1.27 on the workstation, found "
+                           f"{onnxruntime.__version__}: pip install 'onnxruntime>=1.27'")
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rgbd-calib-") as tmp, _quiet_ort():
-        # quantize_static takes measured ranges only through its calibration cache (ORT >= 1.27).
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(ranges.tensors, cache)
         quantize_static(

@@ -78,3 +78,19 @@ def test_unknown_method_and_empty_feeds_are_refused(tmp_path):
         calibration_ranges(graph, _feeds(), "kl")
     with pytest.raises(ValueError, match="no calibration samples"):
         calibration_ranges(graph, [], "minmax")
+
+
+def test_an_onnxruntime_without_the_calibration_cache_is_named(tmp_path, monkeypatch):
+    import onnxruntime.quantization as q
+
+    from calibrate.int8 import calibration_ranges, quantize_int8
+
+    graph = _conv_graph(tmp_path / "g.onnx")
+    ranges = calibration_ranges(graph, _feeds(), "minmax")
+
+    def old_quantize_static(model_input, model_output, calibration_data_reader, **kw):  # ORT < 1.27's signature
+        raise AssertionError("not to be called")
+
+    monkeypatch.setattr(q, "quantize_static", old_quantize_static)
+    with pytest.raises(RuntimeError, match="onnxruntime >= 1.27"):
+        quantize_int8(graph, tmp_path / "q.onnx", ranges)
