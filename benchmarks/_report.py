@@ -104,23 +104,22 @@ def within_points(deltas, budget: float = 1.0) -> str:
     return f"**no** ({worst:+.1f})" if worst < 0 else f"no ({worst:+.1f}, a gain)"
 
 
-def optional_fp32(int8_report: dict) -> str:
-    """Which of KEEP_FP32_OPTIONAL's groups the chosen INT8 graph keeps in FP32."""
+def _fp32_groups(patterns) -> str:
+    """The KEEP_FP32_OPTIONAL groups an FP32 pattern set holds, by name."""
     from calibrate.int8 import KEEP_FP32_OPTIONAL
 
-    kept = int8_report["kept_fp32_nodes"]
-    names = [name for name, group in KEEP_FP32_OPTIONAL.items() if any(p in n for n in kept for p in group)]
-    return " + ".join(names) or "none"
+    return " + ".join(name for name, group in KEEP_FP32_OPTIONAL.items() if all(p in patterns for p in group))
+
+
+def optional_fp32(int8_report: dict) -> str:
+    """Which of KEEP_FP32_OPTIONAL's groups the chosen INT8 graph keeps in FP32."""
+    return _fp32_groups(int8_report["kept_fp32_patterns"]) or "none"
 
 
 def int8_candidates(int8_report: dict) -> str:
     """The calibration candidates of one mode, by FP32 set: their validation score drift."""
-    from calibrate.int8 import KEEP_FP32_OPTIONAL
-
     by_set: dict[str, list[str]] = {}
     for c in int8_report["candidates"]:
-        pats = c["kept_fp32_patterns"]
-        groups = [name for name, group in KEEP_FP32_OPTIONAL.items() if all(p in pats for p in group)]
-        by_set.setdefault(" + ".join(groups) or "default set", []).append(
+        by_set.setdefault(_fp32_groups(c["kept_fp32_patterns"]) or "default set", []).append(
             f"{c['method']} {c['score_max_abs_diff']:.3f}")
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in by_set.items())
