@@ -48,7 +48,7 @@ def _cmd_train(a) -> int:
 
     cfg = TrainConfig(model=a.model, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
                       batch_size=a.batch_size, lr=a.lr, threads=a.threads, precision=a.precision,
-                      rotations=a.rotations, flip=not a.no_flip, minutes=a.minutes,
+                      rotations=a.rotations, flip=not a.no_flip, minutes=a.minutes, ema=a.ema,
                       preset=a.preset, model_config=parse_overrides(a.overrides),
                       preprocess=preprocess)
     out = train(a.data, a.out, cfg, progress=not a.quiet)
@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "daemon crop alike; leave a background border for the depth plane fit")
     t.add_argument("--batch-size", type=int, help=f"default: the model's ({_family_defaults('batch_size')})")
     t.add_argument("--lr", type=float, help=f"default: the model's ({_family_defaults('lr')})")
+    t.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and export an exponential moving average of the weights with this decay "
+                        "(e.g. 0.999: about the last 1,000 steps); 0 = the last step's weights. "
+                        f"default: the model's ({_family_defaults('ema')})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     t.add_argument("--precision", choices=list(PRECISIONS),

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from edge.data import open_dataset
 from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
+from .ema import WeightEMA
 from .models import create_model
 from .models.rd import MODES
 from .trainers import make_trainer, trainer_defaults
@@ -61,11 +62,16 @@ class TrainConfig:
     # (benchmarks/RESULTS.md, dbrn_development_log), so an epoch count alone cannot promise an
     # hour. None = epochs only (reproducible step for step; a budget is not, across machines).
     minutes: float | None = None
+    # Decay of an exponential moving average of the weights, which model.pt then holds (the
+    # last step's weights stay in checkpoint.pt). 0 = off; None = the family's default.
+    ema: float | None = None
 
     def resolved(self) -> "TrainConfig":
         """A copy with the model family's defaults filled in (what run.yaml records)."""
         d = trainer_defaults(self.model)
         out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size", "batch_size") if getattr(self, k) is None})
+        if out.ema is None:
+            out = replace(out, ema=d.get("ema", 0.0))
         if out.precision is None:
             wanted = d.get("precision", "fp32")
             out = replace(out, precision=wanted if wanted != "bf16" or bf16_is_native() else "fp32")
@@ -191,6 +197,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     check_precision(cfg.precision)  # before minutes of data loading
     if cfg.minutes is not None and not cfg.minutes > 0:
         raise ValueError(f"--minutes must be positive, got {cfg.minutes!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {cfg.ema!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -248,8 +256,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     opt, sched = trainer.optimizer(cfg.lr, steps_per_epoch * cfg.epochs,
                                    progress=budget.fraction if budget else None)
     start_epoch, step = 0, 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if ck is not None:
         model.load_trained_state(_trained(ck))
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
@@ -261,6 +269,12 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
             budget.start = t0
         torch.set_rng_state(ck["torch_rng"])
         np.random.set_state(ck["numpy_rng"])
+    ema = None
+    if cfg.ema:
+        saved_ema = ck.get("ema") if ck is not None else None
+        # A checkpoint written without an average (or with another decay) starts one from its weights.
+        ema = (WeightEMA.from_state_dict(saved_ema) if saved_ema and saved_ema["decay"] == cfg.ema
+               else WeightEMA(model.trained_state(), cfg.ema))
 
     # Epochs past the checkpoint were lost with the interruption: so are their log lines.
     log_path = out / "train_log.jsonl"
@@ -286,6 +300,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": np.random.get_state(),
                 "elapsed_s": clock() - t0,
+                "ema": ema.state_dict() if ema is not None else None,
             },
             tmp,
         )
@@ -307,6 +322,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
                 stopped_by = "time"
                 break
             loss, extra = optimiser_step(trainer, opt, sched, idx)
+            if ema is not None:
+                ema.update(model.trained_state())
             step += 1
             losses.append(loss)
             for k, v in extra.items():
@@ -334,6 +351,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         checkpoint(done)
     log.close()
 
+    if ema is not None:  # the average is what gets evaluated and exported
+        model.load_trained_state(ema.state)
     # Score statistics from normal validation data (the train split if there is none).
     model.eval()
     try:
@@ -348,7 +367,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
     run["score_stats"] = {"source": stats_source, "n": len(val_set), **stats}
     run["train_time_s"] = round(clock() - t0, 1)
     # What the budget allowed (with --minutes the step count depends on the machine's speed).
-    run["trained"] = {"steps": step, "epochs": round(step / steps_per_epoch, 2), "stopped_by": stopped_by}
+    run["trained"] = {"steps": step, "epochs": round(step / steps_per_epoch, 2), "stopped_by": stopped_by,
+                      "weights": f"ema {cfg.ema:g}" if ema is not None else "last step"}
     run_yaml.write_text(yaml.safe_dump(run, sort_keys=False))
     return out
 

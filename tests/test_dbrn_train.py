@@ -403,3 +403,22 @@ def test_branch_only_fraction_trains_the_branches_first_then_all(split):
         else:
             assert parts["focal"] > 0.0 and moved == (step == 3)
             assert all(p.grad is not None for p in model.disc.parameters())
+
+
+def test_dbrn_run_with_weight_average_evaluates_the_average(tmp_path, tiny_dataset):
+    run = tmp_path / "run"
+    assert main(_train_argv(tiny_dataset, run, 1) + ["--ema", "0.9"]) == 0
+    model, _, meta = load_run(run)
+    assert meta["trained"]["weights"] == "ema 0.9"
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = model.trained_state()
+    for k, v in ck["ema"]["state"].items():
+        if not k.startswith("score_"):  # the score statistics are fitted after training
+            assert torch.equal(state[k], v), k
+    # averaged weights, the last step's integer entries (batch-norm counters) unchanged
+    assert any(not torch.equal(state[k], ck["trained"][k]) for k in state if state[k].is_floating_point())
+    assert all(torch.equal(state[k], ck["trained"][k]) for k in state if not state[k].is_floating_point())
+    with torch.no_grad():
+        x = [torch.zeros(1, 3, TINY_SIZE, TINY_SIZE), torch.zeros(1, 3, TINY_SIZE, TINY_SIZE),
+             torch.ones(1, 1, TINY_SIZE, TINY_SIZE)]
+        assert torch.isfinite(model(*x, "rgbd")[1]).all()

@@ -178,6 +178,44 @@ def test_resume_after_interruption_logs_each_epoch_once(tmp_path, tiny_dataset, 
     assert _log_epochs(out) == [1, 2, 3]
 
 
+# ------------------------------------------------------------------ weight average
+
+
+def test_weight_ema_averages_floats_and_follows_the_rest():
+    from convert.ema import WeightEMA
+
+    live = {"w": torch.zeros(3), "index": torch.tensor([5, 7])}
+    ema = WeightEMA(live, decay=0.75)
+    live["w"] += 4.0
+    live["index"] += 1
+    ema.update(live)
+    assert torch.allclose(ema.state["w"], torch.full((3,), 1.0))  # 0.75 * 0 + 0.25 * 4
+    assert torch.equal(ema.state["index"], torch.tensor([6, 8]))  # copied, never rounded through floats
+    assert ema.state["w"] is not live["w"]
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA(live, decay=1.0)
+
+
+def test_ema_run_exports_the_average_and_resumes_it(tmp_path, tiny_dataset):
+    whole = train(tiny_dataset, tmp_path / "whole", TrainConfig(epochs=2, ema=0.5, **FAST), progress=False)
+    meta = yaml.safe_load((whole / "run.yaml").read_text())
+    assert meta["train"]["ema"] == 0.5 and meta["trained"]["weights"] == "ema 0.5"
+    ck = torch.load(whole / "checkpoint.pt", map_location="cpu", weights_only=False)
+    exported = _students(whole)
+    _assert_same_students(exported, ck["ema"]["state"])  # model.pt holds the average ...
+    assert any(not torch.equal(exported[k], ck["trained"][k]) for k in exported if exported[k].is_floating_point())
+    # ... and an interrupted run carries the average across the restart
+    part = tmp_path / "part"
+    train(tiny_dataset, part, TrainConfig(epochs=1, ema=0.5, **FAST), progress=False)
+    train(tiny_dataset, part, TrainConfig(epochs=2, ema=0.5, **FAST), progress=False)
+    _assert_same_students(_students(part), exported)
+
+
+def test_cli_train_rejects_a_bad_ema(tmp_path, tiny_dataset, capsys):
+    code = main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--ema", "1.5", "--epochs", "1"])
+    assert code != 0 and "--ema" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ determinism
 
 
@@ -374,6 +412,6 @@ def test_cli_train_help_states_each_familys_own_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for key in ("epochs", "image_size", "lr", "batch_size"):
+    for key in ("epochs", "image_size", "lr", "batch_size", "ema"):
         for name, cls in TRAINERS.items():
             assert f"{name} {cls.defaults[key]}" in text, (name, key)

@@ -3,7 +3,8 @@
 A trainer is built once per run from the model and the prepared (pose-augmented)
 training split, and exposes:
 
-    defaults: dict              epochs, lr, image_size this family trains with unless told
+    defaults: dict              epochs, lr, image_size, batch_size, ema (weight-average decay,
+                                0 = off) this family trains with unless told
     optimizer(lr, total_steps, progress=None)
                                 -> (torch optimizer, per-step LR scheduler or None); progress,
                                 when given, returns the fraction of a time budget spent, and a

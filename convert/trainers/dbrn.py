@@ -40,7 +40,7 @@ class DBRNTrainer:
     # epoch by epoch; rd stays fp32, where bf16 cost 1.4-2.9 I-AUROC points (development_log).
     # lr 5e-4: in the 55-minute budget RGB-D I-AUROC went 0.527 / about 0.72 / 0.762 for lr 2e-3 /
     # 1e-3 / 5e-4, with RGB and depth alone and the pixel metrics rising too (dbrn_development_log).
-    defaults = {"epochs": 44, "lr": 0.0005, "image_size": 128, "precision": "bf16", "batch_size": 4}
+    defaults = {"epochs": 44, "lr": 0.0005, "image_size": 128, "precision": "bf16", "batch_size": 4, "ema": 0.0}
     warmup_steps = 100
 
     def __init__(self, model, train_set, params, precision: str = "fp32"):

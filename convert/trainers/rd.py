@@ -18,7 +18,7 @@ def teacher_bank(model, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor]:
 
 
 class RDTrainer:
-    defaults = {"epochs": 16, "lr": 0.005, "image_size": 256, "batch_size": 8}
+    defaults = {"epochs": 16, "lr": 0.005, "image_size": 256, "batch_size": 8, "ema": 0.0}
 
     def __init__(self, model, train_set, params, precision: str = "fp32"):
         self.model, self.precision = model, precision
