@@ -330,7 +330,7 @@ def test_time_budget_stops_mid_epoch_with_the_rate_decayed(monkeypatch, tmp_path
     # 12 poses in batches of 4: 3 steps an epoch. 15 s a step against 1 minute: 4 steps.
     meta = _budgeted_train(monkeypatch, tiny_dataset, tmp_path / "run", minutes=1, seconds_per_step=15)
     assert meta["train"]["minutes"] == 1
-    assert meta["trained"] == {"steps": 4, "epochs": 1.33, "stopped_by": "time"}
+    assert meta["trained"] == {"steps": 4, "epochs": 1.33, "stopped_by": "time", "weights": "last step"}
     recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["step"]) for r in recs] == [(1, 3), (2, 4)]  # the partial epoch is logged
     lr = DBRNTrainer.defaults["lr"]
@@ -344,7 +344,7 @@ def test_time_budget_stops_mid_epoch_with_the_rate_decayed(monkeypatch, tmp_path
 
 def test_time_budget_longer_than_the_epochs_ends_with_them(monkeypatch, tmp_path, tiny_dataset):
     meta = _budgeted_train(monkeypatch, tiny_dataset, tmp_path / "run", minutes=60, seconds_per_step=1, epochs=2)
-    assert meta["trained"] == {"steps": 6, "epochs": 2.0, "stopped_by": "epochs"}
+    assert meta["trained"] == {"steps": 6, "epochs": 2.0, "stopped_by": "epochs", "weights": "last step"}
     recs = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert recs[-1]["lr"] == pytest.approx(0.05 * DBRNTrainer.defaults["lr"])  # the epoch schedule's end came first
 
