@@ -109,6 +109,17 @@ def test_augment_encodes_edits_like_the_runtime(split):
     assert {(True, False), (False, True), (True, True), (False, False)} <= seen
 
 
+def test_pseudo_modality_probs_choose_which_streams_are_edited(split):
+    sp, params, _ = split
+    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "pseudo_modality_probs": [1, 0, 0]})
+    tr = DBRNTrainer(model, sp, params)
+    rng = np.random.default_rng(0)
+    seen = {tr.augment(k % len(sp), rng)[3] for k in range(30)}
+    assert seen <= {(True, False), (False, False)} and (True, False) in seen  # RGB-only anomalies
+    with pytest.raises(ValueError, match="pseudo_modality_probs"):
+        create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "pseudo_modality_probs": [0.5, 0.5]})
+
+
 def _step_loss(tr, seed: int):
     np.random.seed(seed)
     torch.manual_seed(seed)

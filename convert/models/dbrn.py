@@ -96,8 +96,16 @@ class DBRNConfig(DictConfig):
     # Training draws, per sample, which streams are present (rgbd / rgb only / depth only), so the
     # zero placeholder of a missing stream is seen in training as it is at run time.
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    # Training only: which streams a pseudo-anomaly edits (rgb only / depth only / both). On
+    # cable_gland depth alone is near chance and depth lifts the fused mask on good images
+    # (dbrn_development_log); fewer depth-only anomalies is the untried lever on that.
+    pseudo_modality_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
     def __post_init__(self):
+        probs = tuple(self.pseudo_modality_probs)
+        if len(probs) != 3 or min(probs) < 0 or sum(probs) <= 0:
+            raise ValueError(f"dbrn config: pseudo_modality_probs must be 3 non-negative numbers (rgb only, "
+                             f"depth only, both) with a positive sum, got {list(probs)}")
         if len(self.num_heads) != len(self.depths):
             raise ValueError(f"dbrn config: num_heads {list(self.num_heads)} must have one entry per stage "
                              f"of depths {list(self.depths)}")

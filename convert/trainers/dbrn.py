@@ -99,7 +99,7 @@ class DBRNTrainer:
         fg = sp.fg[i, 0] > 0.5
         h = sp.height[i]
         rgb_u8, h_aug, m, info = synthesize(sp.thumbs[i], h, fg, rng, self.bank, exclude_index=self.src[i],
-                                            return_info=True)
+                                            modality_probs=self.model.cfg.pseudo_modality_probs, return_info=True)
         rgb_in, depth_in = sp.rgb[i], sp.depth[i]
         edited = (False, False)
         if info["case"] != "unchanged":
