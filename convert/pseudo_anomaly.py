@@ -386,6 +386,14 @@ def depth_anomaly(
     return (out, m, info) if return_info else (out, m)
 
 
+def modality_distribution(modality_probs) -> np.ndarray:
+    """P(rgb only), P(depth only), P(both), normalised to sum to 1."""
+    probs = np.asarray(modality_probs, np.float64)
+    if probs.shape != (3,) or (probs < 0).any() or probs.sum() <= 0:
+        raise ValueError(f"modality_probs must be 3 non-negative numbers (rgb, depth, both), got {modality_probs}")
+    return probs / probs.sum()
+
+
 def synthesize(
     rgb_uint8: np.ndarray,
     height01: np.ndarray,
@@ -406,10 +414,7 @@ def synthesize(
     h = _height01(height01)
     if h.shape != rgb_uint8.shape[:2]:
         raise ValueError(f"height {h.shape} and rgb {rgb_uint8.shape[:2]} differ")
-    probs = np.asarray(modality_probs, np.float64)
-    if probs.shape != (3,) or (probs < 0).any() or probs.sum() <= 0:
-        raise ValueError(f"modality_probs must be 3 non-negative numbers (rgb, depth, both), got {modality_probs}")
-    modality = MODALITIES[int(rng.choice(3, p=probs / probs.sum()))]
+    modality = MODALITIES[int(rng.choice(3, p=modality_distribution(modality_probs)))]
     case, p = draw_case(rng, cfg)
     info: dict = {"modality": modality, "case": case, "p": p}
     if case == "unchanged":

@@ -69,9 +69,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the model family's defaults filled in (what run.yaml records)."""
         d = trainer_defaults(self.model)
-        out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size", "batch_size") if getattr(self, k) is None})
-        if out.ema is None:
-            out = replace(out, ema=d.get("ema", 0.0))
+        out = replace(self, **{k: d[k] for k in ("epochs", "lr", "image_size", "batch_size", "ema") if getattr(self, k) is None})
         if out.precision is None:
             wanted = d.get("precision", "fp32")
             out = replace(out, precision=wanted if wanted != "bf16" or bf16_is_native() else "fp32")

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..pseudo_anomaly import modality_distribution
 from .layers import GaussianBlur, conv_bn_act, dilate_mask, gaussian_1d
 from .rd import MODES, PRESENT
 from .config import DictConfig
@@ -102,10 +103,10 @@ class DBRNConfig(DictConfig):
     pseudo_modality_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
     def __post_init__(self):
-        probs = tuple(self.pseudo_modality_probs)
-        if len(probs) != 3 or min(probs) < 0 or sum(probs) <= 0:
-            raise ValueError(f"dbrn config: pseudo_modality_probs must be 3 non-negative numbers (rgb only, "
-                             f"depth only, both) with a positive sum, got {list(probs)}")
+        try:  # the synthesis's own check, here before minutes of data loading
+            modality_distribution(self.pseudo_modality_probs)
+        except ValueError as exc:
+            raise ValueError(f"dbrn config: pseudo_modality_probs: {exc}") from None
         if len(self.num_heads) != len(self.depths):
             raise ValueError(f"dbrn config: num_heads {list(self.num_heads)} must have one entry per stage "
                              f"of depths {list(self.depths)}")
