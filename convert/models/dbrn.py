@@ -97,9 +97,9 @@ class DBRNConfig(DictConfig):
     # Training draws, per sample, which streams are present (rgbd / rgb only / depth only), so the
     # zero placeholder of a missing stream is seen in training as it is at run time.
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    # Training only: which streams a pseudo-anomaly edits (rgb only / depth only / both). On
-    # cable_gland depth alone is near chance and depth lifts the fused mask on good images
-    # (dbrn_development_log); fewer depth-only anomalies is the untried lever on that.
+    # Training only: which streams a pseudo-anomaly edits (rgb only / depth only / both). It sets
+    # which stream the fused score follows; on cable_gland half or twice the depth-only share
+    # both scored below a third each in the CPU hour (dbrn_development_log, dbrn_mode_pairs).
     pseudo_modality_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
     def __post_init__(self):
