@@ -98,7 +98,7 @@ class DBRNConfig(DictConfig):
     # zero placeholder of a missing stream is seen in training as it is at run time.
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
     # Training only: which streams a pseudo-anomaly edits (rgb only / depth only / both). It sets
-    # which stream the fused score follows; on cable_gland half or twice the depth-only share
+    # which stream the fused score follows; on cable_gland half or 1.5 x the depth-only share
     # both scored below a third each in the CPU hour (dbrn_development_log, dbrn_mode_pairs).
     pseudo_modality_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
