@@ -83,6 +83,17 @@ def test_target_mask_keeps_only_what_a_present_stream_shows():
     assert t[:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
+def test_target_mask_hides_a_stream_fed_its_original_twice():
+    m = torch.ones(5, 1, 2, 2)
+    edited = [(True, False), (True, False), (True, True), (True, True), (False, True)]
+    present = torch.ones(5, 2)
+    swap = torch.tensor([1, 2, 1, 2, 2])  # 1: RGB original twice, 2: depth original twice
+    t = target_mask(m, edited, present, swap)
+    # an RGB-only anomaly fed twice shows nowhere; with both edited the other stream still shows it
+    assert t[:, 0, 0, 0].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert target_mask(m, edited, present)[:, 0, 0, 0].tolist() == [1.0] * 5
+
+
 def test_augment_encodes_edits_like_the_runtime(split):
     sp, params, n_src = split
     model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY})

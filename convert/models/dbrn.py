@@ -94,6 +94,10 @@ class DBRNConfig(DictConfig):
     lambda_dice: float = 0.0
     focal_gamma: float = 2.0
     swap_prob: float = 0.3  # ISM trick: probability that one modality's original is fed twice
+    # Training only: a stream fed its original twice shows no difference, so (True) its own
+    # pseudo-anomaly leaves the mask target, as for an absent stream; False keeps the target, so the
+    # discriminator must find that anomaly from the original's appearance alone.
+    swap_hides_target: bool = False
     # Training draws, per sample, which streams are present (rgbd / rgb only / depth only), so the
     # zero placeholder of a missing stream is seen in training as it is at run time.
     modality_dropout: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -578,6 +582,13 @@ class DBRN(nn.Module):
         return {"fused": self.image_score(raw["fused"])}
 
     # -- training --------------------------------------------------------------------------------
+    def draw_swap(self, n: int, device=None) -> torch.Tensor:
+        """Per-sample swap codes for training_forward: 1 / 2 (RGB / depth original fed twice) with
+        probability swap_prob / 2 each, else 0."""
+        u = torch.rand(n, device=device)
+        p = self.cfg.swap_prob
+        return torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
+
     def training_forward(self, rgb, depth, fg, rgb_aug, depth_aug, swap=None, present=None,
                          reconstruct_only: bool = False) -> dict:
         """Reconstruct the clean inputs from the (synthetically) anomalous ones and predict the mask.
@@ -592,9 +603,7 @@ class DBRN(nn.Module):
         """
         n = rgb.shape[0]
         if swap is None:
-            u = torch.rand(n, device=rgb.device)
-            p = self.cfg.swap_prob
-            swap = torch.where(u < p / 2, 1, torch.where(u < p, 2, 0))
+            swap = self.draw_swap(n, rgb.device)
         swap = torch.as_tensor(swap, device=rgb.device).long().view(n)
         present = torch.ones(n, 2, device=rgb.device) if present is None else torch.as_tensor(present).float().view(n, 2)
         hidden = None

@@ -25,11 +25,15 @@ def source_index(names: list[str]) -> list[int]:
     return [order.setdefault(n.split("@")[0], len(order)) for n in names]
 
 
-def target_mask(masks: torch.Tensor, edited, present: torch.Tensor) -> torch.Tensor:
+def target_mask(masks: torch.Tensor, edited, present: torch.Tensor, swap: torch.Tensor | None = None) -> torch.Tensor:
     """The anomaly as far as a present stream shows it: an RGB-only defect is invisible in
     depth-only mode, so there its target is zero. masks N x 1 x S x S; edited N x (rgb, depth)
-    bools; present N x 2."""
-    seen = (torch.tensor(edited, dtype=torch.float32).view(-1, 2) * present).amax(1)
+    bools; present N x 2. swap (N codes as DBRN.training_forward takes them), if given, also hides
+    the stream fed its original twice (cfg.swap_hides_target)."""
+    shows = present.float()
+    if swap is not None:
+        shows = shows * torch.stack([swap != 1, swap != 2], 1).float()
+    seen = (torch.tensor(edited, dtype=torch.float32).view(-1, 2) * shows).amax(1)
     return masks * seen.view(-1, 1, 1, 1)
 
 
@@ -122,10 +126,12 @@ class DBRNTrainer:
         sp = self.split
         rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
         present = draw_present(len(ids), model.cfg.modality_dropout)
-        mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present)
+        swap = model.draw_swap(len(ids))
+        mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present,
+                           swap if model.cfg.swap_hides_target else None)
         with autocast(self.precision):
             out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
-                                         torch.from_numpy(np.stack(depth_aug)), present=present,
+                                         torch.from_numpy(np.stack(depth_aug)), swap=swap, present=present,
                                          reconstruct_only=not joint)
         parts = model.losses(as_float(out), {"rgb": rgb, "depth": depth, "fg": fg, "mask": mask})
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
