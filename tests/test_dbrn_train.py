@@ -24,6 +24,7 @@ from convert.train import TrainConfig, augment_samples, load_run, train  # noqa:
 from convert.trainers.common import bf16_is_native  # noqa: E402
 from convert.trainers.dbrn import DBRNTrainer, source_index, target_mask  # noqa: E402
 from convert.models import create_model  # noqa: E402
+from convert.models.dbrn import DBRNConfig  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
 from calibrate.dataset import load_raw, prepare  # noqa: E402
 from edge.data import open_dataset  # noqa: E402
@@ -129,6 +130,33 @@ def test_pseudo_modality_probs_choose_which_streams_are_edited(split):
     assert seen <= {(True, False), (False, False)} and (True, False) in seen  # RGB-only anomalies
     with pytest.raises(ValueError, match="pseudo_modality_probs"):
         create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "pseudo_modality_probs": [0.5, 0.5]})
+
+
+@pytest.mark.parametrize("hides", [True, False])
+def test_training_step_hides_the_swapped_streams_anomaly_from_the_target(split, hides):
+    """RGB-only anomalies, both streams present, RGB's original fed twice in every sample: with
+    swap_hides_target no stream shows the anomaly, so the mask target is empty; without, it is kept."""
+    sp, params, _ = split
+    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "pseudo_modality_probs": [1, 0, 0],
+                                         "modality_dropout": [1, 0, 0], "swap_hides_target": hides})
+    model.draw_swap = lambda n, device=None: torch.ones(n, dtype=torch.long)
+    seen = {}
+    forward, losses = model.training_forward, model.losses
+
+    def spy_forward(*args, **kw):
+        seen["swap"] = kw["swap"]
+        return forward(*args, **kw)
+
+    def spy_losses(out, targets):
+        seen["mask"] = targets["mask"]
+        return losses(out, targets)
+
+    model.training_forward, model.losses = spy_forward, spy_losses
+    np.random.seed(0)
+    DBRNTrainer(model, sp, params).loss(torch.arange(len(sp)))
+    assert seen["swap"].tolist() == [1] * len(sp)
+    assert (float(seen["mask"].sum()) == 0) == hides
+    assert DBRNConfig.edge().swap_hides_target and not DBRNConfig.published().swap_hides_target
 
 
 def _step_loss(tr, seed: int):
