@@ -257,6 +257,8 @@ def test_preset_and_override_errors_name_the_problem(tmp_path, tiny_dataset, cap
         (["--preset", "huge"], "dbrn preset must be one of ['edge', 'published']"),
         (["--set", "embed_dims=8"], "unknown dbrn config key(s): ['embed_dims']"),
         (["--set", "embed_dim"], "--set 'embed_dim': expected KEY=VALUE"),
+        (["--set", "swap_hides_target=maybe"], "dbrn config key 'swap_hides_target': expected bool, got 'maybe'"),
+        (["--set", "modality_dropout=[0.5, 0.5]"], "dbrn config key 'modality_dropout': expected tuple[float, float, float]"),
     ]
     for i, (extra, msg) in enumerate(cases):
         assert main(_train_argv(tiny_dataset, tmp_path / str(i), 1) + extra) == 2
