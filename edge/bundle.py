@@ -298,14 +298,15 @@ def _preprocess_types() -> dict[str, Any]:
         return {}
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    """Does a YAML value fit a PreprocessParams annotation? Unknown annotations pass."""
+def type_ok(value: Any, tp: Any) -> bool:
+    """Does a YAML value fit a config dataclass annotation (PreprocessParams here, the model configs
+    in convert)? An int is a float, a bool is neither, floats must be finite; unknown annotations pass."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is type(None):
         return value is None
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
+        return any(type_ok(value, a) for a in args)
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
@@ -318,8 +319,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
         if not isinstance(value, (list, tuple)):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_type_ok(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+            return all(type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(type_ok(v, a) for v, a in zip(value, args))
     return True
 
 
@@ -327,11 +328,11 @@ def _check_preprocess(chk: _Checker, value: Any) -> PreprocessParams:
     d = chk.mapping(value, "preprocess")
     hints = _preprocess_types()
     for name in (f.name for f in fields(PreprocessParams)):
-        if name in d and name in hints and not _type_ok(d[name], hints[name]):
+        if name in d and name in hints and not type_ok(d[name], hints[name]):
             v = d[name]
             nonfinite = isinstance(v, float) and not math.isfinite(v)
             raise chk.fail(f"preprocess.{name}", f"invalid preprocessing parameter: expected "
-                                                 f"{'a finite ' if nonfinite else ''}{_type_name(hints[name])}, "
+                                                 f"{'a finite ' if nonfinite else ''}{type_name(hints[name])}, "
                                                  f"got {_describe(v)}")
     try:
         return PreprocessParams.from_dict(dict(d))
@@ -339,7 +340,7 @@ def _check_preprocess(chk: _Checker, value: Any) -> PreprocessParams:
         raise chk.fail("preprocess", f"invalid preprocessing parameters: {exc}") from exc
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     text = str(tp) if not isinstance(tp, type) else tp.__name__
     return text.replace("typing.", "")
 
