@@ -1,6 +1,7 @@
 """Where does a DBRN run's RGB-D score lose to RGB alone? Per good test image of cable_gland and
 per mode, how many defective images score no higher than it (the good-defective pairs ranked
-wrong, what I-AUROC counts), and how the RGB-D image score correlates with each single stream's.
+wrong, what I-AUROC counts), how the RGB-D image score correlates with each single stream's, and
+the importance scoring module's mean RGB weight on the part in rgbd mode.
 
     .venv/bin/python benchmarks/dbrn_mode_pairs.py --run RUN_DIR[=LABEL] [--run ...]
 
@@ -28,6 +29,19 @@ def pairs_lost(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (good[:, None] >= bad[None, :]).sum(1)
 
 
+@torch.no_grad()
+def mean_rgb_weight(model, split) -> float:
+    """Mean over the test images of the ISM's RGB weight (finest scale, rgbd mode) on the part."""
+    model.eval()
+    means = []
+    for i in range(len(split)):
+        rgb, depth, fg = (torch.from_numpy(a[i : i + 1]) for a in (split.rgb, split.depth, split.fg))
+        w = model(rgb, depth, fg, "rgbd")[2]["ism_weights"][0, 0]
+        on_part = torch.nn.functional.interpolate(fg.float(), size=tuple(w.shape), mode="area")[0, 0] > 0.5
+        means.append(float(w[on_part].mean()))
+    return float(np.mean(means))
+
+
 def main(argv=None) -> int:
     a = run_probe_parser(__doc__).parse_args(argv)
     if missing_data(a.data):
@@ -46,7 +60,8 @@ def main(argv=None) -> int:
         rows = [f"| {m} | " + " | ".join(str(v) for v in lost[m]) + f" | {lost[m].sum()} of {n_pairs} |" for m in MODES]
         corr = {m: float(np.corrcoef(scores["rgbd"], scores[m])[0, 1]) for m in ("rgb", "depth")}
         tables.append(f"""**{label or path}**: pairs ranked wrong per good test image; RGB-D score correlation over the
-test split with RGB's {corr['rgb']:.2f}, with depth's {corr['depth']:.2f}.
+test split with RGB's {corr['rgb']:.2f}, with depth's {corr['depth']:.2f}; mean RGB importance weight on the part
+{mean_rgb_weight(model, test):.2f} (depth's is 1 minus it).
 
 | mode | {' | '.join(goods)} | total |
 |---|{'---|' * len(goods)}---|
