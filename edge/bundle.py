@@ -329,20 +329,18 @@ def _check_preprocess(chk: _Checker, value: Any) -> PreprocessParams:
     hints = _preprocess_types()
     for name in (f.name for f in fields(PreprocessParams)):
         if name in d and name in hints and not type_ok(d[name], hints[name]):
-            v = d[name]
-            nonfinite = isinstance(v, float) and not math.isfinite(v)
             raise chk.fail(f"preprocess.{name}", f"invalid preprocessing parameter: expected "
-                                                 f"{'a finite ' if nonfinite else ''}{type_name(hints[name])}, "
-                                                 f"got {_describe(v)}")
+                                                 f"{expected_type(hints[name], d[name])}, got {_describe(d[name])}")
     try:
         return PreprocessParams.from_dict(dict(d))
     except (ValueError, TypeError) as exc:
         raise chk.fail("preprocess", f"invalid preprocessing parameters: {exc}") from exc
 
 
-def type_name(tp: Any) -> str:
-    text = str(tp) if not isinstance(tp, type) else tp.__name__
-    return text.replace("typing.", "")
+def expected_type(tp: Any, value: Any) -> str:
+    """The annotation as an error names it when type_ok rejected value ('a finite float' for nan)."""
+    text = (str(tp) if not isinstance(tp, type) else tp.__name__).replace("typing.", "")
+    return f"a finite {text}" if isinstance(value, float) and not math.isfinite(value) else text
 
 
 # --------------------------------------------------------------------------- loading

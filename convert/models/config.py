@@ -4,7 +4,7 @@ from __future__ import annotations
 import typing
 from dataclasses import asdict
 
-from edge.bundle import type_name, type_ok
+from edge.bundle import expected_type, type_ok
 
 
 class DictConfig:
@@ -23,5 +23,5 @@ class DictConfig:
         hints = typing.get_type_hints(cls)
         for k, v in d.items():
             if not type_ok(v, hints[k]):
-                raise ValueError(f"{cls.config_name} config key {k!r}: expected {type_name(hints[k])}, got {v!r}")
+                raise ValueError(f"{cls.config_name} config key {k!r}: expected {expected_type(hints[k], v)}, got {v!r}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
