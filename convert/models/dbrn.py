@@ -162,7 +162,7 @@ class DBRNConfig(DictConfig):
         Each pixel is hidden from its own reconstruction (inpaint_cell): without that the branches
         copy real defects and the mask stays blind to them. Of the configurations tried in a CPU
         hour this one scored highest on cable_gland (RGB-D 0.806 and 0.793 with two seeds), bar one
-        seed of a setting whose second seed scored far lower; given two CPU hours it reaches 0.843,
+        seed of a setting whose second seed scored far lower; given two CPU hours it reached 0.843 (one seed),
         above the published 0.836 (benchmarks/RESULTS.md, dbrn_development_log)."""
         base = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=8, patch_size=4,
                     scales=(1, 2, 4), mlp_ratio=2.0, ism_dim=32, disc_channels=16, disc_stride=2,
