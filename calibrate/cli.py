@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-MODES = ("rgbd", "rgb", "depth")
+from edge.modes import MODES
 
 
 def find_preprocess(onnx_path: Path, explicit: str | None):

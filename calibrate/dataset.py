@@ -40,6 +40,15 @@ def load_raw(root, split: str, progress: bool = True, desc: str | None = None):
     return [r.load() for r in tqdm(refs, desc=desc or f"read {split}", disable=not progress, leave=False)]
 
 
+def load_normal_raw(root, progress: bool = True) -> tuple[list, str]:
+    """Normal samples held out from training, for score statistics and thresholds: the
+    validation split, or the train split (named as such) when the data set has none."""
+    try:
+        return load_raw(root, "validation", progress), "validation"
+    except (FileNotFoundError, ValueError):
+        return load_raw(root, "train", progress), "train"
+
+
 def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str = "preprocess") -> PreparedSplit:
     rgb, depth, fg, height, masks, thumbs, vf = [], [], [], [], [], [], []
     for s in tqdm(samples, desc=desc, disable=not progress, leave=False):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import load_raw, prepare
+from .dataset import load_normal_raw, load_raw, prepare
 from .evaluation import score_split
 from .int8 import KEEP_FP32_OPTIONAL, KEEP_FP32_PATTERNS, METHODS, calibration_ranges, fp32_nodes, quantize_int8
 from .onnx_eval import run_split, session
@@ -26,10 +26,9 @@ def load_split(data, split: str, params, progress: bool, limit: int = 0):
 
 
 def validation_split(data, params, progress):
-    try:
-        return load_split(data, "validation", params, progress), "validation"
-    except (FileNotFoundError, ValueError):
-        return load_split(data, "train", params, progress), "train"
+    """The normal held-out split (validation, else train), prepared, and its name."""
+    raw, name = load_normal_raw(data, progress)
+    return prepare(raw, params, progress, f"preprocess {name}"), name
 
 
 def keep_candidates(onnx_path, keep_fp32=None) -> list[tuple[str, ...]]:

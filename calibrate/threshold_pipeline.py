@@ -5,11 +5,11 @@ from pathlib import Path
 
 import yaml
 
+from edge.modes import MODES
+
 from .int8_pipeline import validation_split, load_split
 from .onnx_eval import run_split
 from .thresholds import ModeThreshold, detection_report, mode_threshold
-
-MODES = ("rgbd", "rgb", "depth")
 
 
 def graph_for(export_dir: Path, mode: str, precision: str) -> tuple[Path, str] | None:

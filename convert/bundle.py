@@ -20,8 +20,10 @@ from calibrate.evaluation import score_split
 from calibrate.onnx_eval import run_split
 from calibrate.threshold_pipeline import thresholds_for_export
 
-from .export import export_run, parity_ok, sha256_file
-from .models.rd import MODES
+from edge.digest import sha256_file
+from edge.modes import MODES
+
+from .export import export_run, parity_ok
 from .train import load_run
 
 SCHEMA_VERSION = 1

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from edge.modes import MODES
+
 from .models import list_models
 from .train import TrainConfig
 from .trainers import TRAINERS
@@ -58,7 +60,6 @@ def _cmd_train(a) -> int:
 
 def _cmd_eval(a) -> int:
     from .evaluate import evaluate
-    from .models.rd import MODES
 
     modes = [a.mode] if a.mode else list(MODES)
     results = evaluate(a.run, a.data, modes=modes, out=a.out, figures=not a.no_figures, progress=not a.quiet)
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="I-AUROC, P-AUROC, AUPRO on a labelled test split")
     e.add_argument("--run", required=True)
     e.add_argument("--data", required=True)
-    e.add_argument("--mode", choices=["rgbd", "rgb", "depth"], help="one mode (default: all three)")
+    e.add_argument("--mode", choices=MODES, help="one mode (default: all three)")
     e.add_argument("--out", help="FILE.json; ROC/PRO plots and heatmap galleries are written beside it")
     e.add_argument("--no-figures", action="store_true")
     e.add_argument("--quiet", action="store_true")

@@ -14,7 +14,7 @@ from calibrate import plots
 from calibrate.dataset import PreparedSplit, load_raw, prepare
 from calibrate.evaluation import curves, gallery_items, score_split
 
-from .models.rd import MODES
+from edge.modes import MODES
 from .train import load_run
 
 

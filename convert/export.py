@@ -20,7 +20,6 @@ score. Inputs and outputs (batch 1, S = image size):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -30,15 +29,15 @@ import torch
 import yaml
 import torch.nn as nn
 
-from .models.rd import MODES
+from edge.digest import sha256_file
+from edge.modes import MODE_INPUTS, MODES
 
 OPSET = 17
-INPUTS = {"rgbd": ("rgb", "depth", "foreground"), "rgb": ("rgb",), "depth": ("depth", "foreground")}
 OUTPUTS = ("anomaly_map", "score")
 
 
 class ModeGraph(nn.Module):
-    """The model fixed to one mode, with positional inputs in INPUTS order."""
+    """The model fixed to one mode, with positional inputs in MODE_INPUTS order."""
 
     def __init__(self, model: nn.Module, mode: str):
         super().__init__()
@@ -47,7 +46,7 @@ class ModeGraph(nn.Module):
         self.model, self.mode = model.eval(), mode
 
     def forward(self, *inputs):
-        named = dict(zip(INPUTS[self.mode], inputs))
+        named = dict(zip(MODE_INPUTS[self.mode], inputs))
         fused, score, _ = self.model(named.get("rgb"), named.get("depth"), named.get("foreground"), self.mode)
         return fused, score
 
@@ -55,7 +54,7 @@ class ModeGraph(nn.Module):
 def example_inputs(mode: str, size: int, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     shapes = {"rgb": (batch, 3, size, size), "depth": (batch, 3, size, size), "foreground": (batch, 1, size, size)}
-    out = {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in INPUTS[mode]}
+    out = {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in MODE_INPUTS[mode]}
     if "foreground" in out:
         out["foreground"] = (out["foreground"] > 0).astype(np.float32)
     return out
@@ -70,7 +69,7 @@ def export_mode(model: nn.Module, mode: str, size: int, path: str | Path, dynami
     args = tuple(torch.from_numpy(v) for v in example_inputs(mode, size).values())
     axes = None
     if dynamic_batch:
-        axes = {n: {0: "batch"} for n in (*INPUTS[mode], *OUTPUTS)}
+        axes = {n: {0: "batch"} for n in (*MODE_INPUTS[mode], *OUTPUTS)}
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer notes that torch's reflect-pad decomposition cannot be folded;
         # simplify() below folds it.
@@ -80,12 +79,12 @@ def export_mode(model: nn.Module, mode: str, size: int, path: str | Path, dynami
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX export")
         torch.onnx.export(
-            graph, args, str(path), input_names=list(INPUTS[mode]), output_names=list(OUTPUTS),
+            graph, args, str(path), input_names=list(MODE_INPUTS[mode]), output_names=list(OUTPUTS),
             opset_version=OPSET, do_constant_folding=True, dynamic_axes=axes, dynamo=False,
         )
     m = simplify(onnx.load(str(path)))
     onnx.checker.check_model(m, full_check=True)
-    m.doc_string = f"rgbd-edge {mode} graph; inputs {INPUTS[mode]}, outputs {OUTPUTS}"
+    m.doc_string = f"rgbd-edge {mode} graph; inputs {MODE_INPUTS[mode]}, outputs {OUTPUTS}"
     onnx.save(m, str(path))  # single file: weights are small, no external data
     return path
 
@@ -133,7 +132,7 @@ def parity(model: nn.Module, mode: str, onnx_path: str | Path, batches: list[dic
     graph = ModeGraph(model, mode)
     dmap = dscore = scale = 0.0
     for feed in batches:
-        feed = {k: feed[k] for k in INPUTS[mode]}
+        feed = {k: feed[k] for k in MODE_INPUTS[mode]}
         with torch.no_grad():
             t_map, t_score = graph(*(torch.from_numpy(v) for v in feed.values()))
         o_map, o_score = sess.run(list(OUTPUTS), feed)
@@ -150,17 +149,9 @@ def parity_ok(p: dict, tol: float = 1e-4) -> bool:
     return p["max_abs_map"] <= tol * s and p["max_abs_score"] <= tol * s
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_run(run_dir, out_dir, modes=MODES, dynamic_batch: bool = False, check_data=None, progress: bool = True) -> dict:
     """Export every mode of a run; with check_data, verify parity on its real samples."""
-    from calibrate.dataset import load_raw, prepare
+    from calibrate.dataset import load_normal_raw, prepare
     from .train import load_run
 
     model, params, run = load_run(run_dir)
@@ -171,16 +162,12 @@ def export_run(run_dir, out_dir, modes=MODES, dynamic_batch: bool = False, check
     (out_dir / "preprocess.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
     samples = None
     if check_data is not None:
-        split = "validation"
-        try:
-            raw = load_raw(check_data, split, progress)
-        except (FileNotFoundError, ValueError):
-            split, raw = "train", load_raw(check_data, "train", progress)
+        raw, _ = load_normal_raw(check_data, progress)
         prep = prepare(raw[:8], params, progress)
         samples = [prep.feed(i) for i in range(len(prep))]
     for mode in modes:
         path = export_mode(model, mode, params.image_size, out_dir / f"{mode}.onnx")
-        entry = {"onnx": path.name, "sha256": sha256_file(path), "inputs": list(INPUTS[mode]), "outputs": list(OUTPUTS)}
+        entry = {"onnx": path.name, "sha256": sha256_file(path), "inputs": list(MODE_INPUTS[mode]), "outputs": list(OUTPUTS)}
         if dynamic_batch:
             dyn = export_mode(model, mode, params.image_size, out_dir / f"{mode}.dynbatch.onnx", dynamic_batch=True)
             entry["onnx_dynamic_batch"] = dyn.name

@@ -29,10 +29,10 @@ from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
 from .ema import WeightEMA
 from .models import create_model
-from .models.rd import MODES
+from edge.modes import MODES
 from .trainers import make_trainer, trainer_defaults
 from .trainers.common import bf16_is_native, check_precision
-from calibrate.dataset import load_raw, prepare
+from calibrate.dataset import load_normal_raw, load_raw, prepare
 
 
 @dataclass
@@ -353,11 +353,9 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = 
         model.load_trained_state(ema.state)
     # Score statistics from normal validation data (the train split if there is none).
     model.eval()
-    try:
-        val_raw = load_raw(data, "validation", progress)
-        stats_source = "validation"
-    except (FileNotFoundError, ValueError):
-        val_raw, stats_source = train_raw, "train (no validation split: scores are optimistic)"
+    val_raw, stats_source = load_normal_raw(data, progress)
+    if stats_source == "train":
+        stats_source = "train (no validation split: scores are optimistic)"
     val_set = prepare(val_raw, params, progress, "preprocess validation")
     stats = fit_score_stats(model, val_set)
     torch.save({"trained": model.trained_state(), "score_mean": model.score_mean, "score_std": model.score_std},

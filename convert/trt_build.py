@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from edge.bundle import MODES, Bundle, BundleError, load_bundle
+from edge.bundle import Bundle, BundleError, load_bundle
+from edge.digest import sha256_file
+from edge.modes import MODES
 from edge.engines.trt_cache import (  # noqa: F401 - re-exported: the public API of `rgbd-convert build`
     DEFAULT_CACHE_SUBDIR,
     DEFAULT_WORKSPACE_MIB,
@@ -58,7 +60,6 @@ from edge.engines.trt_cache import (  # noqa: F401 - re-exported: the public API
     precision_name,
     prepare_cache_dir,
     read_sidecar,
-    sha256_file,
     sidecar_path,
     timing_cache_path,
 )

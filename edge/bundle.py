@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import math
 import os
 import re
@@ -26,18 +25,13 @@ from typing import Any, Sequence
 
 import yaml
 
+from .digest import sha256_file
+from .modes import MODE_INPUTS, MODES
 from .preprocess import PreprocessParams
 
 BUNDLE_FILE = "bundle.yaml"
 SCHEMA_VERSION = 1
 
-# Expected graph inputs per mode, in order (the export writes them in this order).
-MODE_INPUTS: dict[str, tuple[str, ...]] = {
-    "rgbd": ("rgb", "depth", "foreground"),
-    "rgb": ("rgb",),
-    "depth": ("depth", "foreground"),
-}
-MODES = tuple(MODE_INPUTS)
 OUTPUTS: tuple[str, ...] = ("anomaly_map", "score")
 PRECISIONS = ("fp32", "int8")
 LAYOUTS = ("NCHW",)
@@ -54,7 +48,6 @@ _ENGINES_KEYS = ("dir",)
 _PROVENANCE_REQUIRED = ("created", "code_version", "training_data_fingerprint")
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- errors
@@ -148,15 +141,6 @@ class Bundle:
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Lowercase hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _short(hexdigest: str) -> str:
@@ -531,7 +515,7 @@ def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     if verify_hashes:
         for rel, want in files.items():
             try:
-                have = file_sha256(root / rel)
+                have = sha256_file(root / rel)
             except OSError as exc:
                 raise chk.fail(_join("files", rel), f"cannot read {root / rel}: {exc}", file=root / rel) from exc
             if have != want:

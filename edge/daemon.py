@@ -44,6 +44,7 @@ import numpy as np
 
 from .config import Config, ConfigError, check_fallback, load_config
 from .frames import Frame
+from .modes import MODE_STREAMS, STREAMS
 from .notify import Notifier
 from .preprocess import Preprocessed, preprocess
 from .results import InspectionResult, Latency
@@ -71,7 +72,6 @@ EXTEND_BY_S = 120.0
 DRAIN_TIMEOUT_S = 20.0  # shutdown: how long the queues may take to drain (the unit's TimeoutStopSec is 45)
 SINK_CLOSE_TIMEOUT_S = 10.0  # all sinks together, to flush (MQTT outbox, JSONL fsync)
 _POLL_S = 0.2
-_MODE_STREAMS = {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}
 
 
 class StartupError(Exception):
@@ -562,7 +562,7 @@ class Daemon:
         pre, pre_err = None, None
         if frame.rgb is not None or frame.depth is not None:
             try:
-                pre = preprocess(*_inputs(frame, ("rgb", "depth")), params)
+                pre = preprocess(*_inputs(frame, STREAMS), params)
             except Exception as exc:
                 pre_err = exc
         t_pre = time.monotonic()
@@ -575,7 +575,7 @@ class Daemon:
 
         if mode is not None and pre is None:  # the full preprocess failed: retry with only the mode's streams
             try:
-                pre = preprocess(*_inputs(frame, _MODE_STREAMS[mode]), params)
+                pre = preprocess(*_inputs(frame, MODE_STREAMS[mode]), params)
                 pre_err = None
             except Exception as exc:
                 pre_err = exc
@@ -643,7 +643,7 @@ class Daemon:
 
         spec = self.bundle.modes[mode]
         try:
-            rgb = frame.rgb if "rgb" in _MODE_STREAMS[mode] else None
+            rgb = frame.rgb if "rgb" in MODE_STREAMS[mode] else None
             return overlay_jpeg(np.asarray(amap, np.float32), spec.heatmap.low, spec.heatmap.high, rgb=rgb,
                                 height=pre.height, roi=self.bundle.preprocess.roi,
                                 pixel_threshold=spec.threshold.pixel, quality=self.cfg.heatmaps.jpeg_quality,

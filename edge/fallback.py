@@ -20,9 +20,8 @@ import cv2
 import numpy as np
 
 from edge.frames import Frame
+from edge.modes import MODES, STREAMS
 
-MODES = ("rgbd", "rgb", "depth")  # preference order when several are possible
-STREAMS = ("rgb", "depth")
 _STREAM_PROSE = {"rgb": "colour", "depth": "depth"}
 # Health kinds (StreamHealth.kind); the unhealthy ones key stats()["reasons"].
 HEALTH_KINDS = ("ok", "absent", "malformed", "stale", "frozen", "black", "saturated", "missing")
@@ -376,7 +375,7 @@ class ModeSelector:
 
         use_rgb, use_depth = self._state["rgb"].usable, self._state["depth"].usable
         if use_rgb and use_depth:
-            ideal, candidates = "rgbd", ("rgbd", "rgb", "depth")
+            ideal, candidates = "rgbd", MODES
         elif use_rgb:
             ideal, candidates = "rgb", ("rgb",)
         elif use_depth:

@@ -24,10 +24,10 @@ from edge.bundle import (
     Threshold,
     add_parser,
     bundle_summary,
-    file_sha256,
     load_bundle,
     main,
 )
+from edge.digest import sha256_file as file_sha256
 from edge.preprocess import PreprocessParams
 
 SIZE = 64

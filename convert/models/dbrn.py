@@ -37,11 +37,11 @@ import torch.nn.functional as F
 
 from ..pseudo_anomaly import modality_distribution
 from .layers import GaussianBlur, conv_bn_act, dilate_mask, gaussian_1d
-from .rd import MODES, PRESENT
+from edge.modes import MODES, PRESENT, STREAMS
 from .config import DictConfig
 from .registry import register_model
 
-MODALITIES = ("rgb", "depth")
+MODALITIES = STREAMS
 
 
 @dataclass
@@ -135,7 +135,7 @@ class DBRNConfig(DictConfig):
             raise ValueError(f"dbrn config: image_size {self.image_size} must be divisible by {down} and by 4 * disc_stride ({4 * self.disc_stride})")
         # window partitions must tile every stage's token grid, in both branches
         grids = [(m, i, self.image_size // self.branch_patch(m) // 2 ** i)
-                 for m in ("rgb", "depth") for i in range(len(self.depths))]
+                 for m in MODALITIES for i in range(len(self.depths))]
         for modality, stage, res in grids:
             if res % min(self.window_size, res):
                 fits = next(w for w in range(self.window_size, 0, -1) if all(r % min(w, r) == 0 for *_, r in grids))

@@ -25,14 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge.modes import MODES, PRESENT, STREAMS
+
 from .encoders import create_encoder
 from .layers import GaussianBlur, conv_bn_act, cosine_distance, dilate_mask
 from .config import DictConfig
 from .registry import register_model
 
-MODALITIES = ("rgb", "depth")
-MODES = ("rgbd", "rgb", "depth")
-PRESENT = {"rgbd": (True, True), "rgb": (True, False), "depth": (False, True)}
+MODALITIES = STREAMS
 
 
 @dataclass

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..models.rd import MODES, PRESENT
+from edge.modes import MODES, PRESENT
 
 
 def draw_present(n: int, modality_dropout) -> torch.Tensor:

@@ -13,13 +13,13 @@ whose digest ends up in ``info.sha256``, even if the file changed after ``load_b
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from ..digest import sha256_bytes
 from .base import (
     OUTPUT_MAP,
     OUTPUT_SCORE,
@@ -103,7 +103,7 @@ def load(bundle, mode_spec, choice, *, intra_op_num_threads: int | None = None,
         data = path.read_bytes()
     except OSError as exc:
         raise EngineError(f"{mode}: cannot read {path}: {exc}", mode=mode) from exc
-    have = hashlib.sha256(data).hexdigest()
+    have = sha256_bytes(data)
     if have != want:
         raise EngineError(f"{bundle.manifest}: files.{rel}: sha256 mismatch: bundle.yaml lists {want[:12]}..., "
                           f"the file has {have[:12]}... (changed since the bundle was written?); not loading it",

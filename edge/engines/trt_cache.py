@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import logging
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..digest import sha256_bytes, sha256_file
 from .base import EngineError
 
 log = logging.getLogger(__name__)
@@ -240,15 +240,7 @@ def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capabi
         "compute_capability": _normalize_cc(compute_capability),
         "flags": list(precision_flags(precision_flags_)),
     }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_bytes(json.dumps(ident, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -343,7 +335,7 @@ def _slug(text: str) -> str:
 def timing_cache_path(cache_dir: str | os.PathLike, trt_version: str, gpu: GpuIdentity) -> Path:
     """Timing cache file for one TensorRT version + GPU (shared by all modes and precisions)."""
     cc = _normalize_cc(gpu.compute_capability).replace(".", "")
-    tag = hashlib.sha256(f"{trt_version}|{gpu.name}|{gpu.compute_capability}".encode()).hexdigest()[:8]
+    tag = sha256_bytes(f"{trt_version}|{gpu.name}|{gpu.compute_capability}".encode())[:8]
     return Path(cache_dir) / f"timing-trt{_slug(trt_version)}-{_slug(gpu.name)}-sm{cc}-{tag}.cache"
 
 
@@ -427,7 +419,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, workspace_mib: in
     flags = precision_flags(precision)
     data = onnx_path.read_bytes()
     if expected_sha256 is not None:
-        have = hashlib.sha256(data).hexdigest()
+        have = sha256_bytes(data)
         if have != expected_sha256.lower():
             raise EngineBuildError(f"{onnx_path}: sha256 is {have[:12]}..., expected {expected_sha256[:12]}... "
                                    "(the file changed after the bundle was checked?); not building from it")
@@ -620,7 +612,7 @@ def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, for
         "workspace_mib": int(workspace_mib),
         "engine_file": eng.name,
         "engine_bytes": len(blob),
-        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "engine_sha256": sha256_bytes(blob),
         "timing_cache": tcache.name,
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
