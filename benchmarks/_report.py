@@ -1,4 +1,9 @@
-"""Shared by the benchmark scripts: machine description and RESULTS.md sections."""
+"""Shared by the benchmark scripts: where the data is, the reproducing command, the machine
+description and RESULTS.md sections.
+
+Paths a benchmark writes into RESULTS.md go through `rel`, so the text names paths relative to
+the repository (the commands run from its root), not the machine it ran on.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,31 +19,71 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO = Path(__file__).resolve().parents[1]
-CABLE_GLAND = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
+DATA_ENV = "RGBD_EDGE_DATA"
 
 
-def missing_data(path, what: str = "this benchmark") -> bool:
+def data_root() -> Path:
+    """The folder holding mvtec3d/ and realsense/: $RGBD_EDGE_DATA, else <repo>/../shared/data."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+CABLE_GLAND = data_root() / "mvtec3d" / "cable_gland"
+
+
+def missing_data(path) -> bool:
     """True (after saying so on stderr) when the real cable_gland folder is not at `path`."""
     if Path(path).is_dir():
         return False
-    print(f"{path} not found: {what} needs the real MVTec 3D-AD cable_gland", file=sys.stderr)
+    print(f"{path} not found: this benchmark needs the real MVTec 3D-AD cable_gland "
+          f"(--data DIR, or ${DATA_ENV} naming the folder that holds mvtec3d/)", file=sys.stderr)
     return True
 
 
-def run_probe_parser(doc: str | None, **kw) -> argparse.ArgumentParser:
-    """The options every benchmark that looks inside trained runs shares: --run RUN_DIR[=LABEL]
-    (repeatable), --data and --threads. Add the script's own options to the parser it returns."""
-    ap = argparse.ArgumentParser(description=doc, **kw)
-    ap.add_argument("--run", action="append", required=True, metavar="RUN_DIR[=LABEL]", help="repeatable")
-    ap.add_argument("--data", default=str(CABLE_GLAND))
-    ap.add_argument("--threads", type=int, default=2)
-    return ap
+def module(script: str) -> str:
+    """`benchmarks.NAME` of a benchmark script, given its __file__."""
+    return f"benchmarks.{Path(script).stem}"
+
+
+def parser(script: str, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark: its usage names `python -m benchmarks.NAME`, and its
+    docstring (with the usage lines in it) is printed as written."""
+    return argparse.ArgumentParser(prog=f"python -m {module(script)}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_option(ap: argparse.ArgumentParser) -> None:
+    """--data: the cable_gland folder, by default under `data_root()`."""
+    ap.add_argument("--data", default=str(CABLE_GLAND),
+                    help=f"MVTec 3D-AD cable_gland folder (default: ${DATA_ENV}/mvtec3d/cable_gland, "
+                         "else ../shared/data/mvtec3d/cable_gland)")
+
+
+def rel(path) -> str:
+    """`path` relative to the repository root when it lies inside it, else as given."""
+    full = Path(os.path.abspath(path))
+    for candidate in (full, full.resolve()):
+        try:
+            return candidate.relative_to(REPO).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _rel_arg(arg: str) -> str:
+    """One command-line argument with an absolute path inside the repository made relative
+    (also the value of `--option=/abs/path`)."""
+    if arg.startswith("-") and "=" in arg:
+        option, value = arg.split("=", 1)
+        return f"{option}={_rel_arg(value)}"
+    return rel(arg) if os.path.isabs(arg) else arg
 
 
 def command(script: str, argv=None, python: str = "python") -> str:
-    """The command line that reproduces a benchmark run, for its RESULTS.md section."""
+    """The command line that reproduces a benchmark run from the repository root, for its
+    RESULTS.md section: `python -m benchmarks.NAME args...`, paths inside the repository relative."""
     args = list(argv if argv is not None else sys.argv[1:])
-    return shlex.join([python, f"benchmarks/{Path(script).name}", *args])
+    return shlex.join([python, "-m", module(script), *(_rel_arg(a) for a in args)])
 
 
 def machine() -> str:

@@ -2,19 +2,17 @@
 bundle (ONNX export, INT8, thresholds), compare with the reverse-distillation student, and
 measure size and CPU latency of the published and edge configurations.
 
-    .venv/bin/python benchmarks/dbrn_cable_gland.py [--data DIR] [--out RUN_DIR] [--epochs N]
+    python -m benchmarks.dbrn_cable_gland [--data DIR] [--out RUN_DIR] [--epochs N | --minutes M]
         [--precision fp32|bf16] [--set KEY=VALUE ...]
 
 Re-running resumes (or reuses) the run directory. The rd rows come from the rd bundle that
-benchmarks/int8_cable_gland.py builds (runs/bundle-rd-cable_gland). Writes its section of
+`python -m benchmarks.int8_cable_gland` builds (runs/bundle-rd-cable_gland). Writes its section of
 benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,21 +20,20 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, missing_data,  # noqa: E402
-                               optional_fp32, torch_latency, within_points, write_section)
-from calibrate.dataset import load_raw, prepare  # noqa: E402
-from calibrate.onnx_eval import latency as ort_latency  # noqa: E402
-from convert.bundle import make_bundle  # noqa: E402
-from convert.cli import parse_overrides  # noqa: E402
-from convert.evaluate import evaluate  # noqa: E402
-from convert.export import export_mode  # noqa: E402
-from convert.models import create_model  # noqa: E402
-from convert.models.rd import MODES  # noqa: E402
-from convert.onnx_stats import onnx_stats  # noqa: E402
-from convert.train import TrainConfig, load_run, train  # noqa: E402
-from convert.trainers.common import PRECISIONS  # noqa: E402
-from edge.preprocess import PreprocessParams  # noqa: E402
+from benchmarks._report import (REPO, add_data_option, command, fmt, machine, missing_data, optional_fp32, parser, rel,
+                                torch_latency, within_points, write_section)
+from calibrate.dataset import load_raw, prepare
+from calibrate.onnx_eval import latency as ort_latency
+from convert.bundle import make_bundle
+from convert.cli import parse_overrides
+from convert.evaluate import evaluate
+from convert.export import export_mode
+from convert.models import create_model
+from convert.onnx_stats import onnx_stats
+from convert.train import TrainConfig, load_run, train
+from convert.trainers.common import PRECISIONS
+from edge.modes import MODES
+from edge.preprocess import PreprocessParams
 
 PUBLISHED_I_AUROC = 0.836  # DBRN paper, cable_gland
 METRICS = ("i_auroc", "p_auroc", "aupro")
@@ -70,8 +67,7 @@ def inpainting(mc: dict) -> str:
     cell = mc.get("inpaint_cell", 0)
     if not cell:
         return "no inpainting passes"
-    passes = "one pass a training step" if mc.get("inpaint_train_passes", 2) == 1 else "both passes in training too"
-    return f"inpainting passes with {cell}-pixel cells ({passes})"
+    return f"inpainting passes with {cell}-pixel cells (both passes in training too)"
 
 
 def pts(a: float, b: float) -> str:
@@ -79,8 +75,8 @@ def pts(a: float, b: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap = parser(__file__, __doc__)
+    add_data_option(ap)
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-dbrn-cable_gland"))
     ap.add_argument("--bundle", default=str(REPO / "runs" / "bundle-dbrn-cable_gland"))
     ap.add_argument("--rd-bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
@@ -131,7 +127,8 @@ def main(argv=None) -> int:
         rd_table = ("| mode | I-AUROC rd / dbrn | P-AUROC rd / dbrn | AUPRO rd / dbrn |\n|---|---|---|---|\n"
                     + "\n".join(side))
     else:
-        rd_table = f"(no rd bundle at `{a.rd_bundle}`: run benchmarks/rd_cable_gland.py and int8_cable_gland.py)"
+        rd_table = (f"(no rd bundle at `{rel(a.rd_bundle)}`: run `python -m benchmarks.rd_cable_gland`, then "
+                    "`python -m benchmarks.int8_cable_gland`)")
     rgbd_i = prov["metrics"]["rgbd"]["fp32"]["i_auroc"]
 
     # Size and speed: the trained edge model and an untrained published one (weights do not matter).
@@ -218,4 +215,4 @@ Edge model per mode, eager torch ms (median / p99): {', '.join(f"{m} {v[0]:.0f} 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,32 +1,28 @@
 """FP32 vs INT8 on cable_gland, CPU ONNX Runtime latency, model size and a
-Jetson projection, from a trained run (benchmarks/rd_cable_gland.py makes one).
+Jetson projection, from a trained run (`python -m benchmarks.rd_cable_gland` makes one).
 
-    .venv/bin/python benchmarks/int8_cable_gland.py [--run RUN_DIR] [--data DIR] [--bundle OUT]
+    python -m benchmarks.int8_cable_gland [--run RUN_DIR] [--data DIR] [--bundle OUT]
 
 Builds the bundle (export, INT8 calibration, thresholds) and writes its section
 of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, int8_candidates, machine,  # noqa: E402
-                               missing_data, optional_fp32, within_points, write_section)
-from calibrate.dataset import load_raw, prepare  # noqa: E402
-from calibrate.onnx_eval import latency  # noqa: E402
-from convert.bundle import make_bundle  # noqa: E402
-from convert.onnx_stats import onnx_stats  # noqa: E402
-from edge.preprocess import PreprocessParams  # noqa: E402
-
-MODES = ("rgbd", "rgb", "depth")
+from benchmarks._report import (REPO, add_data_option, command, fmt, int8_candidates, machine, missing_data,
+                                optional_fp32, parser, rel, within_points, write_section)
+from calibrate.dataset import load_raw, prepare
+from calibrate.onnx_eval import latency
+from convert.bundle import make_bundle
+from convert.onnx_stats import onnx_stats
+from edge.modes import MODES
+from edge.preprocess import PreprocessParams
 
 # Dense INT8 tensor throughput (TOPS) from NVIDIA's Jetson Orin data sheets
 # (the headline figures, 40 and 100 TOPS, are sparse INT8 incl. DLA; dense GPU is about half).
@@ -42,9 +38,9 @@ def projection(gflops: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = parser(__file__, __doc__)
     ap.add_argument("--run", default=str(REPO / "runs" / "bench-rd-cable_gland"))
-    ap.add_argument("--data", default=str(CABLE_GLAND))
+    add_data_option(ap)
     ap.add_argument("--bundle", default=str(REPO / "runs" / "bundle-rd-cable_gland"))
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
@@ -94,7 +90,7 @@ def main(argv=None) -> int:
         for m, t in prov["thresholds"].items())
     body = f"""## FP32 vs INT8, latency and size (`int8_cable_gland`)
 
-Bundle built from `{a.run}` in {bundle_s / 60:.1f} min: ONNX export (opset 17, static batch 1,
+Bundle built from `{rel(a.run)}` in {bundle_s / 60:.1f} min: ONNX export (opset 17, static batch 1,
 ONNX Runtime vs torch parity max |map diff| {max(p['max_abs_map'] for p in prov['parity'].values()):.1e}),
 explicit INT8 Q/DQ (symmetric int8, per-channel weights) calibrated with ONNX Runtime on 64
 normal training captures, thresholds from `validation/good`. Test split as above.
@@ -109,7 +105,7 @@ Accuracy, FP32 / INT8 (change in points), and the largest heatmap difference on 
   |score diff| of each candidate): {'; '.join(int8_notes)}.
 - Left in FP32 ({len(kept)} conv nodes in `rgbd`): the fixed Gaussian smoothing and, in each
   teacher pass, the stem and blocks 0-1 (stride 2, about 10 % of the convolution MACs), where
-  quantising them cost 13 I-AUROC points (`int8_sensitivity`), and where it brings INT8 closer to FP32 on
+  quantising costs the most accuracy (`int8_sensitivity` measures each group), and where it brings INT8 closer to FP32 on
   validation data, blocks 2-3 too (9 % more; `int8_sensitivity_depth`). Everything after the
   convolutions (cosine distance, resize, fusion, max) is FP32 by construction.
 
@@ -155,4 +151,4 @@ Thresholds (target false-reject rate 1 %, from {prov['thresholds']['rgbd']['n_va
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,9 @@
-"""Which layers can INT8 not take? Quantise the RGB-D graph with different
-groups of layers left in FP32 and measure each on cable_gland.
+"""INT8 sensitivity by layer group: quantise one mode's graph with each group of layers left in
+FP32 in turn and measure it on cable_gland (test-split accuracy, and the score drift on normal
+validation data that `rgbd-calibrate int8` selects on).
 
-    .venv/bin/python benchmarks/int8_sensitivity.py [--run RUN_DIR | BUNDLE_DIR] [--data DIR] [--mode rgbd|rgb|depth]
+    python -m benchmarks.int8_sensitivity [--run RUN_DIR | BUNDLE_DIR] [--data DIR] [--mode rgbd|rgb|depth]
+        [--method minmax|entropy|percentile]
 
 Needs an exported run (rgbd-convert export --run RUN_DIR) or a bundle. The model family
 (run.yaml / bundle.yaml) picks the groups; family and mode name the section of
@@ -9,7 +11,6 @@ benchmarks/RESULTS.md it writes (`int8_sensitivity` for rd's rgbd graph, `int8_s
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -17,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, REPO, command, machine, write_section  # noqa: E402
-from calibrate.dataset import load_raw, prepare  # noqa: E402
-from calibrate.evaluation import score_split  # noqa: E402
-from calibrate.int8 import KEEP_FP32_OPTIONAL, calibration_ranges, quantize_int8  # noqa: E402
-from calibrate.int8_pipeline import validation_split  # noqa: E402
-from calibrate.onnx_eval import run_split, session  # noqa: E402
-from edge.preprocess import PreprocessParams  # noqa: E402
+from benchmarks._report import REPO, add_data_option, command, machine, parser, rel, write_section
+from calibrate.dataset import load_raw, prepare
+from calibrate.evaluation import score_split
+from calibrate.int8 import KEEP_FP32_OPTIONAL, METHODS, calibration_ranges, quantize_int8
+from calibrate.int8_pipeline import validation_split
+from calibrate.onnx_eval import run_split, session
+from edge.modes import MODES
+from edge.preprocess import PreprocessParams
 
 T = "/teacher"
 RD_GROUPS = {
@@ -73,11 +74,11 @@ def graph_dir(path: Path) -> tuple[Path, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = parser(__file__, __doc__)
     ap.add_argument("--run", default=str(REPO / "runs" / "bench-rd-cable_gland"))
-    ap.add_argument("--data", default=str(CABLE_GLAND))
-    ap.add_argument("--method", default="minmax")
-    ap.add_argument("--mode", choices=("rgbd", "rgb", "depth"), default="rgbd")
+    add_data_option(ap)
+    ap.add_argument("--method", choices=METHODS, default="minmax")
+    ap.add_argument("--mode", choices=MODES, default="rgbd")
     a = ap.parse_args(argv)
     try:
         ex, family = graph_dir(Path(a.run))
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     section = "int8_sensitivity" + ("_dbrn" if family == "dbrn" else "") + ("" if a.mode == "rgbd" else f"_{a.mode}")
     body = f"""## INT8 sensitivity{' (DBRN, ' + a.mode + ')' if family == 'dbrn' else ''}: what stays FP32 (`{section}`)
 
-{a.mode} graph of `{a.run}`, {a.method} calibration on 64 normal training captures, everything
+{a.mode} graph of `{rel(a.run)}`, {a.method} calibration on 64 normal training captures, everything
 else quantised (symmetric int8, per-channel weights); cable_gland test split. "Validation score
 drift" is the largest change of the image score over the {len(val)} normal validation captures: what `rgbd-calibrate int8` can select on without defects.
 
@@ -132,4 +133,4 @@ drift" is the largest change of the image score over the {len(val)} normal valid
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,30 +1,26 @@
 """Train the reverse-distillation student on MVTec 3D-AD cable_gland (train/good)
 and evaluate it on the test split: accuracy per mode, CPU latency, wall time.
 
-    .venv/bin/python benchmarks/rd_cable_gland.py [--data DIR] [--out RUN_DIR]
+    python -m benchmarks.rd_cable_gland [--data DIR] [--out RUN_DIR] [--epochs N] [--seed S]
 
 Writes its section of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import (CABLE_GLAND, REPO, command, fmt, machine, median_p99_ms, missing_data,  # noqa: E402
-                               torch_latency, write_section)
-from convert.evaluate import evaluate  # noqa: E402
-from convert.models.rd import MODES  # noqa: E402
-from calibrate.dataset import load_raw  # noqa: E402
-from convert.train import TrainConfig, load_run, train  # noqa: E402
-from edge.preprocess import preprocess  # noqa: E402
-
+from benchmarks._report import (REPO, add_data_option, command, fmt, machine, median_p99_ms, missing_data, parser,
+                                torch_latency, write_section)
+from calibrate.dataset import load_raw
+from convert.evaluate import evaluate
+from convert.train import TrainConfig, load_run, train
+from edge.modes import MODES
+from edge.preprocess import preprocess
 
 
 def latency(model, params, sample, runs: int) -> dict:
@@ -43,8 +39,8 @@ def latency(model, params, sample, runs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap = parser(__file__, __doc__)
+    add_data_option(ap)
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rd-cable_gland"))
     ap.add_argument("--epochs", type=int, help="default: rd's (convert/trainers/rd.py)")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,9 +88,10 @@ fusion statistics from `validation/good`, evaluated on the `test` split
     path = write_section("rd_cable_gland", body)
     print(body)
     print(f"written to {path}")
-    json.dump({"results": results, "latency_ms": lat, "train_s": train_s}, open(Path(a.out) / "bench.json", "w"), indent=2)
+    (Path(a.out) / "bench.json").write_text(
+        json.dumps({"results": results, "latency_ms": lat, "train_s": train_s}, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The same training command on a category it never saw: generated RGB-D parts
 with RGB-only, depth-only and combined defects (edge.data.synthetic).
 
-    .venv/bin/python benchmarks/rd_synthetic.py [--out RUN_DIR]
+    python -m benchmarks.rd_synthetic [--out RUN_DIR] [--seed S]
 
 Nothing in the recipe is tuned per category; this shows the defaults carry over
 and that each modality catches the defects only it can see. Writes its section
@@ -9,25 +9,22 @@ of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import REPO, command, fmt, machine, write_section  # noqa: E402
-from calibrate import metrics  # noqa: E402
-from convert.evaluate import evaluate, infer  # noqa: E402
-from calibrate.dataset import load_raw, prepare  # noqa: E402
-from convert.train import TrainConfig, load_run, train  # noqa: E402
-from edge.data import SyntheticConfig, make_synthetic_dataset  # noqa: E402
-
+from benchmarks._report import REPO, command, fmt, machine, parser, write_section
+from calibrate import metrics
+from calibrate.dataset import load_raw, prepare
+from convert.evaluate import evaluate, infer
+from convert.train import TrainConfig, load_run, train
+from edge.data import SyntheticConfig, make_synthetic_dataset
+from edge.modes import MODES
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = parser(__file__, __doc__)
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rd-synthetic"))
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
@@ -44,7 +41,7 @@ def main(argv=None) -> int:
     test = prepare(load_raw(data, "test", False), params, False)
     defects = sorted(set(test.defects) - {"good"})
     per = {}
-    for mode in ("rgbd", "rgb", "depth"):
+    for mode in MODES:
         _, scores, _ = infer(model, test, mode, progress=False)
         d = np.array(test.defects)
         per[mode] = {k: metrics.image_auroc((d[(d == "good") | (d == k)] == k).astype(int), scores[(d == "good") | (d == k)])
@@ -73,4 +70,4 @@ and sensor noise; defects visible in RGB only, in depth only, or in both.
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

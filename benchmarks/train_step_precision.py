@@ -2,40 +2,35 @@
 
 Times the shared loop's step (the trainer's loss with its fresh pseudo-anomalies, backward,
 optimiser step) at batch 8 on cable_gland training captures, for the reverse-distillation
-student and DBRN configurations of the development log. Writes section `train_step_precision`.
-Accuracy under bf16 is measured by full runs (`development_log`, `dbrn_development_log`), not here.
+student's default, DBRN's edge preset, and DBRN at patch 2 with and without inpainting passes.
+Writes section `train_step_precision`. What bf16 does to accuracy takes full training runs; this
+measures step time only.
 
-    .venv/bin/python benchmarks/train_step_precision.py [--data DIR] [--steps N] [--threads T]
+    python -m benchmarks.train_step_precision [--data DIR] [--steps N] [--captures N] [--threads T]
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import CABLE_GLAND, command, machine, missing_data, write_section  # noqa: E402
-from calibrate.dataset import load_raw, prepare  # noqa: E402
-from convert.models import create_model  # noqa: E402
-from convert.train import augment_samples, optimiser_step  # noqa: E402
-from convert.trainers import make_trainer, trainer_defaults  # noqa: E402
-from convert.trainers.common import PRECISIONS, bf16_is_native  # noqa: E402
-from edge.preprocess import PreprocessParams, fit_depth_normalisation  # noqa: E402
+from benchmarks._report import add_data_option, command, machine, missing_data, parser, write_section
+from calibrate.dataset import load_raw, prepare
+from convert.models import create_model
+from convert.train import augment_samples, optimiser_step
+from convert.trainers import make_trainer, trainer_defaults
+from convert.trainers.common import PRECISIONS, bf16_is_native
+from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
 # (label, model family, model config overrides)
 P2 = {"patch_size": 2, "scales": [1, 2]}
 CONFIGS = [
     ("rd, 256 x 256 (default)", "rd", {}),
-    ("dbrn, 128 x 128, patch 2, no inpainting (the earlier edge preset)", "dbrn", {**P2, "inpaint_cell": 0}),
+    ("dbrn, 128 x 128, patch 2, no inpainting", "dbrn", {**P2, "inpaint_cell": 0}),
     ("dbrn, 128, patch 2, inpainting passes (`inpaint_cell=8`)", "dbrn", {**P2, "inpaint_cell": 8}),
     ("dbrn edge preset: 128, patch 4, scales 1/2/4, inpainting passes", "dbrn", {}),
-    ("dbrn, 128, patch 2, inpainting, one training pass (`inpaint_train_passes=1`)", "dbrn",
-     {**P2, "inpaint_cell": 8, "inpaint_train_passes": 1}),
 ]
 STEPS_PER_EPOCH = 160  # cable_gland: 80 captures x 16 poses, batch 8
 
@@ -75,8 +70,8 @@ def step_seconds(name: str, overrides: dict, precision: str, split, params, step
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(CABLE_GLAND))
+    ap = parser(__file__, __doc__)
+    add_data_option(ap)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 3 untimed)")
     ap.add_argument("--captures", type=int, default=10, help="training captures loaded (x 16 poses)")
     ap.add_argument("--threads", type=int, default=2)
@@ -104,8 +99,7 @@ graph stay fp32. This CPU runs bf16 natively (AVX-512 BF16): {bf16_is_native()}.
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-- What bf16 training does to accuracy is measured by full runs: `development_log` (rd) and
-  `dbrn_development_log`.
+- Step time only: what bf16 training does to accuracy takes full training runs.
 - Machine: {machine()}; PyTorch {torch.__version__}.
 - Command: `{command(__file__, argv)}`
 """
