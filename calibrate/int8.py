@@ -24,23 +24,22 @@ import numpy as np
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_OPS = ("Conv", "ConvTranspose")
-# Nodes kept in FP32 by name. The fixed Gaussian smoothing is a Conv too. The
-# teacher's stem is what INT8 breaks: quantising everything cost 13 I-AUROC
-# points on cable_gland, keeping the stem alone in FP32 0.6, keeping the stem and
-# blocks 0-1 (all at stride 2; about 10 % of the graph's convolution MACs) nothing
-# (benchmarks/int8_sensitivity.py, benchmarks/RESULTS.md).
+# Nodes kept in FP32 by name. The fixed Gaussian smoothing is a Conv too. The rd teacher's stem
+# and blocks 0-1 (all at stride 2; about 10 % of the graph's convolution MACs) are what INT8
+# breaks: per-tensor int8 of their inputs and outputs is too coarse for features the students must
+# match to within a small cosine distance (the INT8 sensitivity sections of
+# benchmarks/RESULTS.md show where the error comes from).
 KEEP_FP32_PATTERNS = ("/blur", "/teacher/_conv_stem", "/teacher/_blocks.0/", "/teacher/_blocks.1/")
 # Named groups tried beside the default, alone and together, and kept only where that brings INT8
 # closer to FP32 on normal validation data (calibrate.int8_pipeline). Each matches nodes of one
-# family only. rd: the teacher's blocks 2-3 (stride 4-8, 9 % of the convolution MACs). A retrained
-# student's depth graph lost 1.9 I-AUROC points with the default set and gained 0.8 with these kept
-# too, at half the validation drift (int8_sensitivity_depth). DBRN: the branch patch embeddings and
+# family only. rd: the teacher's blocks 2-3 (stride 4-8, 9 % of the convolution MACs), the next
+# features the students match; whether keeping them brings a given student closer to FP32 depends
+# on the trained weights, so it is decided per graph. DBRN: the branch patch embeddings and
 # reconstruction heads, the convolutions that read the input and write the reconstruction whose
 # difference the score is made of (the Swin blocks between them are MatMul, which stays FP32
-# anyway), and the discriminator's decoder (0.45 of the edge model's 2.5 GFLOPs). Which of the two
-# drifts more differs from run to run (one run's rgb graph: the decoder; another's: the branches);
-# together they cut the score drift on normal data 3.6 to 7 x (int8_sensitivity_dbrn,
-# int8_sensitivity_dbrn_rgb).
+# anyway), and the discriminator's decoder (0.45 of the edge model's 2.5 GFLOPs), which writes the
+# mask. Which of them drifts most differs between trained models, so each graph gets the set
+# closest to FP32 on its own validation data, chosen without defects.
 KEEP_FP32_OPTIONAL = {
     "teacher blocks 2-3": ("/teacher/_blocks.2/", "/teacher/_blocks.3/"),
     "branch embeddings and heads": ("/branches.",),

@@ -1,11 +1,10 @@
 """Exponential moving average of the trained weights, the copy that is evaluated and exported.
 
-A DBRN run's image figure moves by up to 8 I-AUROC points between checkpoints five
-epochs apart (dbrn_development_log): the last step's weights are one noisy draw. The
-average over the last ~1/(1 - decay) steps is a smoother one, at one lerp per tensor
-per step. It is off by default: on DBRN's budgeted cable_gland run the average of the last
-1,000 steps scored 11 RGB-D I-AUROC points below the same run's last step (`dbrn_ema`):
-late in a cosine schedule it mostly mixes in less-trained weights.
+The last step's weights are one noisy draw: a run's image figure can move by several
+points between checkpoints a few epochs apart. The average over the last ~1/(1 - decay)
+steps is a smoother one, at one lerp per tensor per step. It is off by default: late in a
+cosine schedule, where the learning rate is already small, the average mostly mixes in
+less-trained weights rather than smoothing noise.
 
 Own code rather than torch.optim.swa_utils.AveragedModel: that one also averages
 integer buffers through float arithmetic (Swin's relative-position index would be

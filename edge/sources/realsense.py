@@ -227,8 +227,7 @@ class RealSenseSource(BaseSource):
             held.set_real_time(realtime)
             # Hold the file until start() has set up every sensor and the syncer, then play it.
             # Without the hold the real D435 test file lost its first depth frame on every open,
-            # and now and then a 4-frame test file lost its first frames or paired them wrongly
-            # (benchmarks/RESULTS.md, playback_start).
+            # and now and then a 4-frame test file lost its first frames or paired them wrongly.
             held.pause()
             profile = pipeline.start(config)
             playback = profile.get_device().as_playback()
