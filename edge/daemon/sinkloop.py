@@ -1,0 +1,68 @@
+"""The sink thread: results and status messages from the results queue to every sink, in order.
+
+A sink that raises is counted (``sink_errors``) and logged; the others still get the item.
+``busy_since`` tells the watchdog logic how long the current publish has been running, so a sink
+stuck in one call stops the WATCHDOG=1 pings.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+from .control import RunControl, until_end
+from .counters import Counters
+from .exits import EXIT_FATAL, short_error
+
+log = logging.getLogger("edge.daemon")
+
+
+def sink_name(sink) -> str:
+    return getattr(sink, "name", type(sink).__name__)
+
+
+class SinkLoop:
+    """``run()`` is the thread's body: until END, publish ``("result", InspectionResult, jpeg)`` and
+    ``("status", dict, None)`` items to ``sinks``."""
+
+    def __init__(self, sinks: list, results_q: queue.Queue, counters: Counters, control: RunControl):
+        self.sinks = sinks
+        self.q = results_q
+        self.counters = counters
+        self.control = control
+        self.busy_since: float | None = None  # monotonic start of the publish in progress
+
+    def run(self) -> None:
+        try:
+            for item in until_end(self.q):
+                self._publish(*item)
+        except Exception as exc:
+            self.control.set_fatal(EXIT_FATAL, f"sink thread crashed: {short_error(exc, 500)}")
+            self.control.abort.set()
+        finally:
+            self.busy_since = None
+
+    def _publish(self, kind: str, payload, jpeg: bytes | None) -> None:
+        self.busy_since = time.monotonic()
+        for s in self.sinks:
+            try:
+                if kind == "result":
+                    s.publish(payload, heatmap_jpeg=jpeg)
+                else:
+                    s.publish_status(payload)
+            except Exception as exc:  # sinks should not raise; count it when one does
+                self.counters.inc("sink_errors")
+                log.error("sink %s: %s failed: %s", sink_name(s), kind, short_error(exc))
+        if kind == "result":
+            self.counters.inc("results_published")
+        self.busy_since = None
+
+
+def publish_status_direct(sinks, status: dict, counters: Counters) -> None:
+    """``publish_status`` from the calling thread (only while no sink thread is running)."""
+    for s in sinks or ():
+        try:
+            s.publish_status(status)
+        except Exception as exc:
+            counters.inc("sink_errors")
+            log.error("sink %s: status failed: %s", sink_name(s), short_error(exc))
