@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import os
 import re
 import sys
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-import yaml
-
+from .checks import CheckError, Checker, describe, join, load_yaml
 from .digest import sha256_file
 from .modes import MODE_INPUTS, MODES
 from .preprocess import PreprocessParams
@@ -53,16 +50,11 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # --------------------------------------------------------------------------- errors
 
 
-class BundleError(ValueError):
+class BundleError(CheckError):
     """The bundle is unusable. The message names the manifest and the key (dotted path) or file.
 
     ``key`` (dotted path or None) and ``file`` (a Path or None) carry the same for programs.
     """
-
-    def __init__(self, message: str, *, key: str | None = None, file: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.key = key
-        self.file = Path(file) if file is not None else None
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -147,129 +139,23 @@ def _short(hexdigest: str) -> str:
     return hexdigest[:12] + "..."
 
 
-# --------------------------------------------------------------------------- YAML
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one,
-    so a second `score:` would quietly replace the first)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<:` merges may legitimately be overridden
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:
-                    continue  # unhashable key: the base class reports it
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_manifest(manifest: Path) -> Any:
-    try:
-        text = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest}: cannot read: {exc}", file=manifest) from exc
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        problem = ": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p) or str(exc)
-        raise BundleError(f"{manifest}:{where} not valid YAML: {problem}", file=manifest) from exc
-
-
 # --------------------------------------------------------------------------- field checks
 
 
-class _Checker:
-    """Type and range checks that name the manifest and the dotted key."""
-
-    def __init__(self, manifest: Path):
-        self.manifest = manifest
-
-    def fail(self, key: str, problem: str, file: str | os.PathLike | None = None) -> BundleError:
-        return BundleError(f"{self.manifest}: {key}: {problem}", key=key, file=file)
-
-    def mapping(self, value: Any, key: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a mapping, got {_describe(value)}")
-        return value
-
-    def keys(self, d: dict, key: str, allowed: Sequence[str], required: Sequence[str]) -> None:
-        for k in d:
-            if k not in allowed:
-                raise self.fail(_join(key, k), f"unknown key (allowed under '{key or 'the top level'}': "
-                                               f"{', '.join(allowed)})")
-        for k in required:
-            if k not in d or d[k] is None:
-                raise self.fail(_join(key, k), "missing required key")
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            hint = " (quote it in YAML)" if isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool) else ""
-            raise self.fail(key, f"must be a non-empty string, got {_describe(value)}{hint}")
-        return value
-
-    def integer(self, value: Any, key: str, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {_describe(value)}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be a number, got {_describe(value)}")
-        v = float(value)
-        if not math.isfinite(v):
-            raise self.fail(key, f"must be finite, got {value}")
-        return v
-
-    def choice(self, value: Any, key: str, allowed: Sequence[str]) -> str:
-        if value not in allowed:
-            raise self.fail(key, f"must be one of {', '.join(allowed)}, got {_describe(value)}")
-        return value
-
-    def name_list(self, value: Any, key: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, f"must be a list of names, got {_describe(value)}")
-        return tuple(value)
-
-    def rel_path(self, root: Path, value: Any, key: str) -> str:
-        """A path inside the bundle, as normalised relative POSIX text ('./a//b.onnx' -> 'a/b.onnx')."""
-        text = self.string(value, key)
-        if "\\" in text:
-            raise self.fail(key, f"'{text}': use '/' as the path separator", file=text)
-        p = PurePosixPath(text)
-        if p.is_absolute() or ".." in p.parts or not p.parts:
-            raise self.fail(key, f"'{text}' is outside the bundle: paths must be relative to the bundle "
-                                 f"directory and stay inside it", file=text)
-        rel = p.as_posix()
-        resolved = (root / rel).resolve()
-        if resolved != root and root not in resolved.parents:  # a symlink pointing out of the bundle
-            raise self.fail(key, f"'{text}' resolves to {resolved}, outside the bundle {root}", file=root / rel)
-        return rel
-
-
-def _join(prefix: str, key: Any) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+def _rel_path(chk: Checker, root: Path, value: Any, key: str) -> str:
+    """A path inside the bundle, as normalised relative POSIX text ('./a//b.onnx' -> 'a/b.onnx')."""
+    text = chk.string(value, key)
+    if "\\" in text:
+        raise chk.fail(key, f"'{text}': use '/' as the path separator", file=text)
+    p = PurePosixPath(text)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise chk.fail(key, f"'{text}' is outside the bundle: paths must be relative to the bundle "
+                            f"directory and stay inside it", file=text)
+    rel = p.as_posix()
+    resolved = (root / rel).resolve()
+    if resolved != root and root not in resolved.parents:  # a symlink pointing out of the bundle
+        raise chk.fail(key, f"'{text}' resolves to {resolved}, outside the bundle {root}", file=root / rel)
+    return rel
 
 
 # --------------------------------------------------------------------------- preprocess
@@ -282,57 +168,24 @@ def _preprocess_types() -> dict[str, Any]:
         return {}
 
 
-def type_ok(value: Any, tp: Any) -> bool:
-    """Does a YAML value fit a config dataclass annotation (PreprocessParams here, the model configs
-    in convert)? An int is a float, a bool is neither, floats must be finite; unknown annotations pass."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(type_ok(value, a) for a in args)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if tp is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(type_ok(v, args[0]) for v in value)
-        return len(value) == len(args) and all(type_ok(v, a) for v, a in zip(value, args))
-    return True
-
-
-def _check_preprocess(chk: _Checker, value: Any) -> PreprocessParams:
+def _check_preprocess(chk: Checker, value: Any) -> PreprocessParams:
     d = chk.mapping(value, "preprocess")
     hints = _preprocess_types()
     for name in (f.name for f in fields(PreprocessParams)):
-        if name in d and name in hints and not type_ok(d[name], hints[name]):
-            raise chk.fail(f"preprocess.{name}", f"invalid preprocessing parameter: expected "
-                                                 f"{expected_type(hints[name], d[name])}, got {_describe(d[name])}")
+        if name in d and name in hints:
+            chk.annotated(d[name], f"preprocess.{name}", hints[name])
     try:
         return PreprocessParams.from_dict(dict(d))
     except (ValueError, TypeError) as exc:
         raise chk.fail("preprocess", f"invalid preprocessing parameters: {exc}") from exc
 
 
-def expected_type(tp: Any, value: Any) -> str:
-    """The annotation as an error names it when type_ok rejected value ('a finite float' for nan)."""
-    text = (str(tp) if not isinstance(tp, type) else tp.__name__).replace("typing.", "")
-    return f"a finite {text}" if isinstance(value, float) and not math.isfinite(value) else text
-
-
 # --------------------------------------------------------------------------- loading
 
 
-def _check_threshold(chk: _Checker, value: Any, key: str) -> Threshold:
+def _check_threshold(chk: Checker, value: Any, key: str) -> Threshold:
     d = chk.mapping(value, key)
-    chk.keys(d, key, _THRESHOLD_KEYS, _THRESHOLD_KEYS)
+    chk.keys(d, key, _THRESHOLD_KEYS, required=_THRESHOLD_KEYS)
     target = chk.number(d["target_frr"], f"{key}.target_frr")
     if not 0 < target < 1:
         raise chk.fail(f"{key}.target_frr", f"must be in (0, 1), got {target}")
@@ -344,14 +197,14 @@ def _check_threshold(chk: _Checker, value: Any, key: str) -> Threshold:
         pixel=chk.number(d["pixel"], f"{key}.pixel"),
         target_frr=target,
         expected_frr=expected,
-        n_validation=chk.integer(d["n_validation"], f"{key}.n_validation", minimum=1),
+        n_validation=chk.integer(d["n_validation"], f"{key}.n_validation", lo=1),
         precision=chk.choice(d["precision"], f"{key}.precision", PRECISIONS),
     )
 
 
-def _check_heatmap(chk: _Checker, value: Any, key: str) -> HeatmapNorm:
+def _check_heatmap(chk: Checker, value: Any, key: str) -> HeatmapNorm:
     d = chk.mapping(value, key)
-    chk.keys(d, key, _HEATMAP_KEYS, _HEATMAP_KEYS)
+    chk.keys(d, key, _HEATMAP_KEYS, required=_HEATMAP_KEYS)
     low = chk.number(d["low"], f"{key}.low")
     high = chk.number(d["high"], f"{key}.high")
     if not low < high:
@@ -359,19 +212,19 @@ def _check_heatmap(chk: _Checker, value: Any, key: str) -> HeatmapNorm:
     return HeatmapNorm(low=low, high=high)
 
 
-def _check_mode(chk: _Checker, root: Path, name: Any, value: Any) -> tuple[ModeSpec, dict[str, str]]:
+def _check_mode(chk: Checker, root: Path, name: Any, value: Any) -> tuple[ModeSpec, dict[str, str]]:
     """The mode, and the files it references: relative path -> dotted key."""
     key = f"modes.{name}"
     if name not in MODE_INPUTS:
         raise chk.fail(key, f"unknown mode '{name}' (known modes: {', '.join(MODES)})")
     d = chk.mapping(value, key)
-    chk.keys(d, key, _MODE_KEYS, ("onnx", "inputs", "threshold", "heatmap"))
+    chk.keys(d, key, _MODE_KEYS, required=("onnx", "inputs", "threshold", "heatmap"))
     refs: dict[str, str] = {}
-    onnx = chk.rel_path(root, d["onnx"], f"{key}.onnx")
+    onnx = _rel_path(chk, root, d["onnx"], f"{key}.onnx")
     refs[onnx] = f"{key}.onnx"
     onnx_int8 = None
     if d.get("onnx_int8") is not None:
-        onnx_int8 = chk.rel_path(root, d["onnx_int8"], f"{key}.onnx_int8")
+        onnx_int8 = _rel_path(chk, root, d["onnx_int8"], f"{key}.onnx_int8")
         if onnx_int8 == onnx:
             raise chk.fail(f"{key}.onnx_int8", f"'{onnx_int8}' is the same file as {key}.onnx", file=onnx_int8)
         refs[onnx_int8] = f"{key}.onnx_int8"
@@ -394,25 +247,38 @@ def _check_mode(chk: _Checker, root: Path, name: Any, value: Any) -> tuple[ModeS
     return spec, refs
 
 
-def _check_files(chk: _Checker, root: Path, value: Any) -> dict[str, str]:
-    d = chk.mapping(value, "files")
+def _check_modes(chk: Checker, root: Path, value: Any) -> tuple[dict[str, ModeSpec], dict[str, str]]:
+    """The modes in bundle.yaml order, and every file they reference: relative path -> dotted key."""
+    modes_doc = chk.mapping(value, "modes")
+    if not modes_doc:
+        raise chk.fail("modes", f"must name at least one mode ({', '.join(MODES)})")
+    modes: dict[str, ModeSpec] = {}
+    referenced: dict[str, str] = {}
+    for name, entry in modes_doc.items():
+        spec, refs = _check_mode(chk, root, name, entry)
+        modes[name] = spec
+        for rel, key in refs.items():
+            referenced.setdefault(rel, key)
+    return modes, referenced
+
+
+def _check_files(chk: Checker, root: Path, value: Any) -> dict[str, str]:
+    d = chk.mapping(value, "files", any_keys=True)
     out: dict[str, str] = {}
     for name, digest in d.items():
-        key = _join("files", name)
-        rel = chk.rel_path(root, name, key)
+        key = join("files", name)
+        rel = _rel_path(chk, root, name, key)
         if rel in out:
             raise chk.fail(key, f"'{name}' is listed twice (as '{rel}')", file=rel)
         if not isinstance(digest, str) or not _SHA256_RE.match(digest):
-            raise chk.fail(key, f"must be a sha256 hex digest (64 hex characters), got {_describe(digest)}", file=rel)
+            raise chk.fail(key, f"must be a sha256 hex digest (64 hex characters), got {describe(digest)}", file=rel)
         out[rel] = digest.lower()
     return out
 
 
-def _check_provenance(chk: _Checker, value: Any) -> dict:
-    d = chk.mapping(value, "provenance")
-    for k in _PROVENANCE_REQUIRED:
-        if k not in d or d[k] is None:
-            raise chk.fail(f"provenance.{k}", "missing required key")
+def _check_provenance(chk: Checker, value: Any) -> dict:
+    d = chk.mapping(value, "provenance", any_keys=True)
+    chk.required(d, "provenance", _PROVENANCE_REQUIRED)  # free-form otherwise
     created = d["created"]
     if not isinstance(created, (_dt.date, _dt.datetime)):  # YAML turns unquoted ISO times into datetimes
         chk.string(created, "provenance.created")
@@ -420,19 +286,40 @@ def _check_provenance(chk: _Checker, value: Any) -> dict:
     fp = d["training_data_fingerprint"]
     if not isinstance(fp, str) or not _SHA256_RE.match(fp):
         raise chk.fail("provenance.training_data_fingerprint",
-                       f"must be a sha256 hex digest (64 hex characters), got {_describe(fp)}")
+                       f"must be a sha256 hex digest (64 hex characters), got {describe(fp)}")
     if d.get("metrics") is not None:
-        chk.mapping(d["metrics"], "provenance.metrics")
+        chk.mapping(d["metrics"], "provenance.metrics", any_keys=True)
     return d
 
 
-def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
-    """Read and check BUNDLE_DIR/bundle.yaml and the files it names.
+def _check_files_present(chk: Checker, root: Path, referenced: dict[str, str], files: dict[str, str],
+                         verify_hashes: bool) -> None:
+    """Referenced files exist and are listed; every listed file exists; with verify_hashes, every
+    listed sha256 matches (each file read once)."""
+    for rel, key in referenced.items():
+        if not (root / rel).is_file():
+            raise chk.fail(key, f"file not found: {root / rel}", file=root / rel)
+        if rel not in files:
+            raise chk.fail(key, f"'{rel}' is not listed in 'files' (every graph needs its sha256 there)",
+                           file=root / rel)
+    for rel in files:
+        if not (root / rel).is_file():
+            raise chk.fail(join("files", rel), f"listed file not found: {root / rel}", file=root / rel)
+    if not verify_hashes:
+        return
+    for rel, want in files.items():
+        try:
+            have = sha256_file(root / rel)
+        except OSError as exc:
+            raise chk.fail(join("files", rel), f"cannot read {root / rel}: {exc}", file=root / rel) from exc
+        if have != want:
+            raise chk.fail(join("files", rel), f"sha256 mismatch for {rel}: bundle.yaml lists {_short(want)}, "
+                                               f"the file has {_short(have)} (corrupt or incomplete copy?)",
+                           file=root / rel)
 
-    Always checks the schema, that every referenced file exists inside the bundle and is listed
-    in ``files``; with ``verify_hashes`` also every listed file's sha256 (reads each file once).
-    Raises BundleError naming the manifest and the key or file at fault.
-    """
+
+def _find_manifest(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(bundle root, its bundle.yaml), both absolute."""
     given = Path(path)
     if not given.exists():
         raise BundleError(f"bundle directory not found: {given}", file=given)
@@ -443,86 +330,83 @@ def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     manifest = root / BUNDLE_FILE
     if not manifest.is_file():
         raise BundleError(f"{given}: no {BUNDLE_FILE} in this directory; is it a model bundle?", file=manifest)
-    chk = _Checker(manifest)
+    return root, manifest
 
-    doc = _read_manifest(manifest)
+
+def _read_manifest(manifest: Path) -> dict:
+    doc = load_yaml(manifest, BundleError)
     if doc is None:
         raise BundleError(f"{manifest}: the file is empty", file=manifest)
     if not isinstance(doc, dict):
-        raise BundleError(f"{manifest}: must be a YAML mapping at the top level, got {_describe(doc)}", file=manifest)
+        raise BundleError(f"{manifest}: must be a YAML mapping at the top level, got {describe(doc)}", file=manifest)
+    return doc
 
-    # The version first: a newer bundle should say so, not fail on some key this runtime does not know.
-    if "schema_version" not in doc or doc["schema_version"] is None:
+
+def _check_schema_version(chk: Checker, doc: dict) -> int:
+    """Checked first: a newer bundle should say so, not fail on some key this runtime does not know."""
+    if doc.get("schema_version") is None:
         raise chk.fail("schema_version", f"missing required key (this runtime reads schema version {SCHEMA_VERSION})")
     version = doc["schema_version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise chk.fail("schema_version", f"must be an integer, got {_describe(version)}")
+        raise chk.fail("schema_version", f"must be an integer, got {describe(version)}")
     if version != SCHEMA_VERSION:
         raise chk.fail("schema_version", f"unknown schema version {version}; this runtime reads {SCHEMA_VERSION}")
-    chk.keys(doc, "", _TOP_KEYS, _TOP_REQUIRED)
+    return version
 
-    model = chk.mapping(doc["model"], "model")
-    chk.keys(model, "model", _MODEL_KEYS, ("name", "version"))
-    model_name = chk.string(model["name"], "model.name")
-    model_version = chk.string(model["version"], "model.version")
+
+def _check_model(chk: Checker, value: Any) -> tuple[str, str, str | None]:
+    """(name, version, family or None)."""
+    model = chk.mapping(value, "model")
+    chk.keys(model, "model", _MODEL_KEYS, required=("name", "version"))
     family = chk.string(model["family"], "model.family") if model.get("family") is not None else None
+    return chk.string(model["name"], "model.name"), chk.string(model["version"], "model.version"), family
 
-    inp = chk.mapping(doc["input"], "input")
-    chk.keys(inp, "input", _INPUT_KEYS, ("image_size",))
-    image_size = chk.integer(inp["image_size"], "input.image_size", minimum=32)
+
+def _check_input(chk: Checker, value: Any) -> int:
+    """The image size the graphs take."""
+    inp = chk.mapping(value, "input")
+    chk.keys(inp, "input", _INPUT_KEYS, required=("image_size",))
+    image_size = chk.integer(inp["image_size"], "input.image_size", lo=32)
     if image_size % 32:
         raise chk.fail("input.image_size", f"must be a multiple of 32, got {image_size}")
     if inp.get("layout") is not None:
         chk.choice(inp["layout"], "input.layout", LAYOUTS)
     if inp.get("dtype") is not None:
         chk.choice(inp["dtype"], "input.dtype", DTYPES)
+    return image_size
 
+
+def _check_engines(chk: Checker, root: Path, value: Any) -> Path | None:
+    if value is None:
+        return None
+    eng = chk.mapping(value, "engines")
+    chk.keys(eng, "engines", _ENGINES_KEYS, required=("dir",))
+    return root / _rel_path(chk, root, eng["dir"], "engines.dir")
+
+
+def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
+    """Read and check BUNDLE_DIR/bundle.yaml and the files it names.
+
+    Always checks the schema, that every referenced file exists inside the bundle and is listed
+    in ``files``; with ``verify_hashes`` also every listed file's sha256 (reads each file once).
+    Raises BundleError naming the manifest and the key or file at fault.
+    """
+    root, manifest = _find_manifest(path)
+    doc = _read_manifest(manifest)
+    chk = Checker(where=manifest, error=BundleError)
+    version = _check_schema_version(chk, doc)
+    chk.keys(doc, "", _TOP_KEYS, required=_TOP_REQUIRED)
+    model_name, model_version, family = _check_model(chk, doc["model"])
+    image_size = _check_input(chk, doc["input"])
     params = _check_preprocess(chk, doc["preprocess"])
     if params.image_size != image_size:
         raise chk.fail("preprocess.image_size", f"{params.image_size} differs from input.image_size {image_size}: "
                                                 f"the graphs were exported for one size")
-
-    modes_doc = chk.mapping(doc["modes"], "modes")
-    if not modes_doc:
-        raise chk.fail("modes", f"must name at least one mode ({', '.join(MODES)})")
-    modes: dict[str, ModeSpec] = {}
-    referenced: dict[str, str] = {}
-    for name, entry in modes_doc.items():
-        spec, refs = _check_mode(chk, root, name, entry)
-        modes[name] = spec
-        for rel, key in refs.items():
-            referenced.setdefault(rel, key)
-
-    engines_dir = None
-    if doc.get("engines") is not None:
-        eng = chk.mapping(doc["engines"], "engines")
-        chk.keys(eng, "engines", _ENGINES_KEYS, ("dir",))
-        engines_dir = root / chk.rel_path(root, eng["dir"], "engines.dir")
-
+    modes, referenced = _check_modes(chk, root, doc["modes"])
+    engines_dir = _check_engines(chk, root, doc.get("engines"))
     provenance = _check_provenance(chk, doc["provenance"])
     files = _check_files(chk, root, doc["files"])
-
-    # Files: referenced ones exist and are listed; every listed one exists; hashes match.
-    for rel, key in referenced.items():
-        if not (root / rel).is_file():
-            raise chk.fail(key, f"file not found: {root / rel}", file=root / rel)
-        if rel not in files:
-            raise chk.fail(key, f"'{rel}' is not listed in 'files' (every graph needs its sha256 there)",
-                           file=root / rel)
-    for rel in files:
-        if not (root / rel).is_file():
-            raise chk.fail(_join("files", rel), f"listed file not found: {root / rel}", file=root / rel)
-    if verify_hashes:
-        for rel, want in files.items():
-            try:
-                have = sha256_file(root / rel)
-            except OSError as exc:
-                raise chk.fail(_join("files", rel), f"cannot read {root / rel}: {exc}", file=root / rel) from exc
-            if have != want:
-                raise chk.fail(_join("files", rel), f"sha256 mismatch for {rel}: bundle.yaml lists {_short(want)}, "
-                                                    f"the file has {_short(have)} (corrupt or incomplete copy?)",
-                               file=root / rel)
-
+    _check_files_present(chk, root, referenced, files, verify_hashes)
     return Bundle(root=root, schema_version=version, model_name=model_name, model_version=model_version,
                   image_size=image_size, preprocess=params, modes=modes, provenance=provenance, files=files,
                   raw=doc, model_family=family, engines_dir=engines_dir, hashes_verified=verify_hashes)

@@ -1,36 +1,36 @@
 """`rgbd-edge run` configuration: one YAML file -> typed dataclasses, checked before anything starts.
 
 Every problem is a :class:`ConfigError` whose message names the file and the key as a dotted
-path (``source.fps: must be a positive integer, got 'x'``). Unknown keys are errors with a
+path (``source.fps: must be a positive integer, got 'x' (str)``). Unknown keys are errors with a
 did-you-mean, so a typo cannot be ignored silently. Relative paths are relative to the config
 file's directory, never to the working directory.
 
 The daemon owns every section except ``source``, ``fallback`` and ``sinks``, whose keys belong to
 ``edge.sources``, ``edge.fallback`` and ``edge.sinks``: here they get the checks the daemon needs
-(section types, known top-level keys, paths resolved), and the owning module's own validation
-runs too when it offers one. The full schema with defaults is in docs/daemon.md and
+(section types, known top-level keys, paths resolved), and the owning module checks its own keys.
+Its errors carry the key as data (``exc.key``), which is prefixed here with the section handed
+over; messages are never parsed. The full schema with defaults is in docs/daemon.md and
 systemd/rgbd-edge.example.yaml.
 """
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+from .checks import CheckError, Checker, describe, join, load_yaml
+from .fallback import FallbackConfig
+from .sinks import SINK_TYPES, parse_sinks_config
+from .sources import DEFAULTS as SOURCE_KEYS, SOURCE_TYPES, SourceConfigError, validate_source_config
 
 # --------------------------------------------------------------------------- constants
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 CUDA_BINDINGS = ("auto", "pycuda", "cuda-python")
 ENGINE_PRECISIONS = ("int8", "fp16", "fp32")
-SOURCE_TYPES = ("realsense", "recording", "folder")
 FINITE_SOURCES = ("recording", "folder")  # replays end; exit_at_end defaults to true for them
-SINK_TYPES = ("mqtt", "gpio", "jsonl", "console")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ON_FULL = ("drop_oldest", "drop_newest", "block")
 
@@ -52,13 +52,9 @@ _PATH_KEY_NAMES = ("path", "dir", "file", "directory", "outbox", "root")
 _PATH_KEY_SUFFIXES = ("_path", "_dir", "_file")
 
 
-class ConfigError(ValueError):
-    """The configuration is unusable. ``key`` is the dotted path at fault (or None)."""
-
-    def __init__(self, message: str, *, key: str | None = None, file: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.key = key
-        self.file = Path(file) if file is not None else None
+class ConfigError(CheckError):
+    """The configuration is unusable. ``key`` is the dotted path at fault (or None), ``file`` the
+    config file (or None)."""
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -129,97 +125,29 @@ class Config:
 # --------------------------------------------------------------------------- checks
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _checker(file: Path | None) -> Checker:
+    return Checker(where=file, file=file, error=ConfigError)
 
 
-def _join(prefix: str, key: Any) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
-
-
-class _Checker:
-    def __init__(self, file: Path | None):
-        self.file = file
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        where = f"{self.file}: " if self.file is not None else ""
-        return ConfigError(f"{where}{key}: {problem}", key=key, file=self.file)
-
-    def mapping(self, value: Any, key: str, allow_none: bool = True) -> dict:
-        if value is None and allow_none:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a mapping, got {_describe(value)}")
-        for k in value:
-            if not isinstance(k, str):
-                raise self.fail(_join(key, k), f"keys must be strings, got {_describe(k)}")
-        return value
-
-    def keys(self, d: dict, key: str, allowed: Sequence[str]) -> None:
-        for k in d:
-            if k not in allowed:
-                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.fail(_join(key, k), f"unknown key{hint} (allowed under '{key or 'the top level'}': "
-                                               f"{', '.join(allowed)})")
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {_describe(value)}")
-        return value
-
-    def pos_int(self, value: Any, key: str, maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(key, f"must be a positive integer, got {_describe(value)}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be at most {maximum}, got {value}")
-        return value
-
-    def int_range(self, value: Any, key: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise self.fail(key, f"must be an integer from {lo} to {hi}, got {_describe(value)}")
-        return value
-
-    def pos_number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise self.fail(key, f"must be a positive number, got {_describe(value)}")
-        return float(value)
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            hint = " (quote it in YAML)" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-            raise self.fail(key, f"must be a non-empty string, got {_describe(value)}{hint}")
-        return value
-
-    def choice(self, value: Any, key: str, allowed: Sequence[str]) -> str:
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6) if isinstance(value, str) else []
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise self.fail(key, f"must be one of {', '.join(allowed)}, got {_describe(value)}{hint}")
-        return value
-
-    def path(self, value: Any, key: str, base: Path) -> Path:
-        text = self.string(value, key)
-        p = Path(os.path.expanduser(text))
-        return Path(os.path.normpath(p if p.is_absolute() else base / p))
+def _path(chk: Checker, value: Any, key: str, base: Path) -> Path:
+    text = chk.string(value, key)
+    p = Path(os.path.expanduser(text))
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
 def _is_path_key(k: str) -> bool:
     return k in _PATH_KEY_NAMES or k.endswith(_PATH_KEY_SUFFIXES)
 
 
-def _resolve_paths(chk: _Checker, d: dict, key: str, base: Path) -> dict:
+def _resolve_paths(chk: Checker, d: dict, key: str, base: Path) -> dict:
     """Copy of ``d`` with path-valued string keys made absolute against ``base`` (recursively)."""
     out = {}
     for k, v in d.items():
-        sub = _join(key, k)
+        sub = join(key, k)
         if isinstance(v, dict):
             out[k] = _resolve_paths(chk, v, sub, base)
         elif isinstance(k, str) and _is_path_key(k) and isinstance(v, str):
-            out[k] = str(chk.path(v, sub, base))
+            out[k] = str(_path(chk, v, sub, base))
         else:
             out[k] = v
     return out
@@ -228,8 +156,8 @@ def _resolve_paths(chk: _Checker, d: dict, key: str, base: Path) -> dict:
 # --------------------------------------------------------------------------- sections
 
 
-def _engine(chk: _Checker, value: Any, base: Path) -> EngineConfig:
-    d = chk.mapping(value, "engine")
+def _engine(chk: Checker, value: Any, base: Path) -> EngineConfig:
+    d = chk.mapping(value, "engine", allow_none=True)
     chk.keys(d, "engine", _ENGINE_KEYS)
     kw: dict[str, Any] = {}
     if d.get("backend") is not None:
@@ -237,23 +165,23 @@ def _engine(chk: _Checker, value: Any, base: Path) -> EngineConfig:
     if d.get("precision") is not None:
         kw["precision"] = chk.choice(d["precision"], "engine.precision", ENGINE_PRECISIONS)
     if d.get("threads") is not None:
-        kw["threads"] = chk.pos_int(d["threads"], "engine.threads", maximum=256)
+        kw["threads"] = chk.positive_int(d["threads"], "engine.threads", maximum=256)
     if d.get("cache_dir") is not None:
-        kw["cache_dir"] = chk.path(d["cache_dir"], "engine.cache_dir", base)
+        kw["cache_dir"] = _path(chk, d["cache_dir"], "engine.cache_dir", base)
     if d.get("cuda") is not None:
         kw["cuda"] = chk.choice(d["cuda"], "engine.cuda", CUDA_BINDINGS)
     if d.get("workspace_mib") is not None:
-        kw["workspace_mib"] = chk.pos_int(d["workspace_mib"], "engine.workspace_mib", maximum=1 << 20)
+        kw["workspace_mib"] = chk.positive_int(d["workspace_mib"], "engine.workspace_mib", maximum=1 << 20)
     for k in ("build_missing", "warmup", "verify_hashes"):
         if d.get(k) is not None:
             kw[k] = chk.boolean(d[k], f"engine.{k}")
     return EngineConfig(**kw)
 
 
-def _source(chk: _Checker, value: Any, base: Path) -> tuple[dict, str, bool, float, int]:
+def _source(chk: Checker, value: Any, base: Path) -> tuple[dict, str, bool, float, int]:
     if value is None:
         raise chk.fail("source", f"missing required section (a mapping with 'type': {', '.join(SOURCE_TYPES)})")
-    d = chk.mapping(value, "source", allow_none=False)
+    d = chk.mapping(value, "source")
     if d.get("type") is None:
         raise chk.fail("source.type", f"missing required key (one of {', '.join(SOURCE_TYPES)})")
     kind = chk.choice(d["type"], "source.type", SOURCE_TYPES)
@@ -264,13 +192,13 @@ def _source(chk: _Checker, value: Any, base: Path) -> tuple[dict, str, bool, flo
         exit_at_end = chk.boolean(d["exit_at_end"], "source.exit_at_end")
     read_timeout_s = 1.0
     if d.get("read_timeout_s") is not None:
-        read_timeout_s = chk.pos_number(d["read_timeout_s"], "source.read_timeout_s")
+        read_timeout_s = chk.number(d["read_timeout_s"], "source.read_timeout_s", lo=0, lo_open=True)
     reopen_attempts = 3
     if d.get("reopen_attempts") is not None:
-        reopen_attempts = chk.pos_int(d["reopen_attempts"], "source.reopen_attempts")
+        reopen_attempts = chk.positive_int(d["reopen_attempts"], "source.reopen_attempts")
     passed = {k: v for k, v in d.items() if k not in SOURCE_DAEMON_KEYS}
     passed = _resolve_paths(chk, passed, "source", base)
-    _check_source_keys(chk, passed)
+    _check_source_keys(chk, passed, kind)
     if kind in FINITE_SOURCES and not Path(passed["path"]).exists():
         raise chk.fail("source.path", f"not found: {passed['path']}")
     if passed.get("loop") is True and d.get("exit_at_end") is True:
@@ -278,30 +206,23 @@ def _source(chk: _Checker, value: Any, base: Path) -> tuple[dict, str, bool, flo
     return passed, kind, exit_at_end, read_timeout_s, reopen_attempts
 
 
-def _check_source_keys(chk: _Checker, d: dict) -> None:
-    """edge.sources checks its own keys (types, unknown keys with a did-you-mean)."""
-    try:
-        from .sources import validate_source_config
-    except ImportError:  # not installed: open_source reports it at start
-        return
+def _check_source_keys(chk: Checker, d: dict, kind: str) -> None:
+    """edge.sources checks its own keys (types, unknown keys with a did-you-mean); its errors name
+    keys below ``source``."""
     try:
         validate_source_config(dict(d))
-    except ValueError as exc:
-        msg = str(exc)
-        key, sep, problem = msg.partition(": ")
-        if sep and key.startswith("source.") and " " not in key:
-            known = set(SOURCE_DAEMON_KEYS)
-            if "unknown key" in problem and key[len("source."):] not in known:
-                problem += f"; the daemon itself also reads {', '.join(SOURCE_DAEMON_KEYS)}"
-            raise chk.fail(key, problem) from exc
-        raise chk.fail("source", msg) from exc
+    except SourceConfigError as exc:
+        problem = exc.problem
+        if exc.key in d and exc.key not in ("type", *SOURCE_KEYS[kind]):  # an unknown key
+            problem += f"; the daemon itself also reads {', '.join(SOURCE_DAEMON_KEYS)}"
+        raise chk.fail(join("source", exc.key), problem) from exc
 
 
-def _sinks(chk: _Checker, value: Any, base: Path) -> dict:
+def _sinks(chk: Checker, value: Any, base: Path) -> dict:
     if value is None:
         raise chk.fail("sinks", f"missing required section: name at least one of {', '.join(SINK_TYPES)} "
                                 f"(results would go nowhere)")
-    d = chk.mapping(value, "sinks", allow_none=False)
+    d = chk.mapping(value, "sinks")
     chk.keys(d, "sinks", SINK_TYPES)
     out = {}
     for name, entry in d.items():
@@ -310,7 +231,7 @@ def _sinks(chk: _Checker, value: Any, base: Path) -> dict:
             continue
         if entry is False:
             continue  # disabled
-        entry = chk.mapping(entry, f"sinks.{name}")
+        entry = chk.mapping(entry, f"sinks.{name}", allow_none=True)
         if entry.get("enabled") is False:
             continue
         out[name] = _resolve_paths(chk, entry, f"sinks.{name}", base)
@@ -319,75 +240,77 @@ def _sinks(chk: _Checker, value: Any, base: Path) -> dict:
     return out
 
 
-def _check_sinks_keys(chk: _Checker, sinks: dict, device_id: str) -> None:
-    """edge.sinks checks its own sections without opening anything (it reads the MQTT password file)."""
-    try:
-        from .sinks import parse_sinks_config
-    except ImportError:  # not installed: make_sinks reports it at start
-        return
+def _check_sinks_keys(chk: Checker, sinks: dict, device_id: str) -> None:
+    """edge.sinks checks its own sections without opening anything (it reads the MQTT password
+    file); its errors name the whole dotted key (``sinks.mqtt.qos``)."""
     try:
         parse_sinks_config(sinks, device_id)
-    except ValueError as exc:
-        msg = str(exc)
-        key, sep, problem = msg.partition(": ")
-        if sep and key.startswith("sinks") and " " not in key:
-            raise chk.fail(key, problem) from exc
-        raise chk.fail("sinks", msg) from exc
+    except CheckError as exc:
+        raise chk.fail(exc.key, exc.problem) from exc
 
 
-def _queues(chk: _Checker, value: Any, kind: str) -> QueueConfig:
-    d = chk.mapping(value, "queues")
+def _queues(chk: Checker, value: Any, kind: str) -> QueueConfig:
+    d = chk.mapping(value, "queues", allow_none=True)
     chk.keys(d, "queues", _QUEUE_KEYS)
     kw: dict[str, Any] = {"on_full": "block" if kind in FINITE_SOURCES else "drop_oldest"}
     for k in ("capture", "results"):
         if d.get(k) is not None:
-            kw[k] = chk.pos_int(d[k], f"queues.{k}", maximum=100_000)
+            kw[k] = chk.positive_int(d[k], f"queues.{k}", maximum=100_000)
     if d.get("on_full") is not None:
         kw["on_full"] = chk.choice(d["on_full"], "queues.on_full", ON_FULL)
     if d.get("results_timeout_s") is not None:
-        kw["results_timeout_s"] = chk.pos_number(d["results_timeout_s"], "queues.results_timeout_s")
+        kw["results_timeout_s"] = chk.number(d["results_timeout_s"], "queues.results_timeout_s", lo=0, lo_open=True)
     return QueueConfig(**kw)
 
 
-def _heatmaps(chk: _Checker, value: Any) -> HeatmapConfig:
-    d = chk.mapping(value, "heatmaps")
+def _heatmaps(chk: Checker, value: Any) -> HeatmapConfig:
+    d = chk.mapping(value, "heatmaps", allow_none=True)
     chk.keys(d, "heatmaps", _HEATMAP_KEYS)
     kw: dict[str, Any] = {}
     if d.get("on_reject") is not None:
         kw["on_reject"] = chk.boolean(d["on_reject"], "heatmaps.on_reject")
     if d.get("jpeg_quality") is not None:
-        kw["jpeg_quality"] = chk.int_range(d["jpeg_quality"], "heatmaps.jpeg_quality", 1, 100)
+        kw["jpeg_quality"] = chk.integer(d["jpeg_quality"], "heatmaps.jpeg_quality", 1, 100)
     if d.get("max_width") is not None:
-        kw["max_width"] = chk.int_range(d["max_width"], "heatmaps.max_width", 32, 8192)
+        kw["max_width"] = chk.integer(d["max_width"], "heatmaps.max_width", 32, 8192)
     return HeatmapConfig(**kw)
 
 
-def _fallback(chk: _Checker, value: Any) -> dict:
-    d = dict(chk.mapping(value, "fallback"))
+def _watchdog(chk: Checker, value: Any) -> WatchdogConfig:
+    d = chk.mapping(value, "watchdog", allow_none=True)
+    chk.keys(d, "watchdog", _WATCHDOG_KEYS)
+    if d.get("enabled") is None:
+        return WatchdogConfig()
+    return WatchdogConfig(enabled=chk.boolean(d["enabled"], "watchdog.enabled"))
+
+
+def _status(chk: Checker, value: Any) -> StatusConfig:
+    d = chk.mapping(value, "status", allow_none=True)
+    chk.keys(d, "status", _STATUS_KEYS)
+    if d.get("interval_s") is None:
+        return StatusConfig()
+    return StatusConfig(interval_s=chk.number(d["interval_s"], "status.interval_s", lo=0, lo_open=True))
+
+
+def _fallback(chk: Checker, value: Any) -> dict:
+    d = dict(chk.mapping(value, "fallback", allow_none=True))
     if "available_modes" in d:
         raise chk.fail("fallback.available_modes", "set from the bundle's modes; remove it from the config")
     return d
 
 
-def check_fallback(chk_or_file, d: dict, available_modes: Sequence[str] | None = None):
-    """Build FallbackConfig from the ``fallback`` section; its errors become ConfigErrors naming ``fallback.*``."""
-    chk = chk_or_file if isinstance(chk_or_file, _Checker) else _Checker(chk_or_file)
-    from .fallback import FallbackConfig  # the owning module validates its own keys
-
+def check_fallback(chk_or_file: Checker | str | os.PathLike | None, d: dict,
+                   available_modes: Sequence[str] | None = None) -> FallbackConfig:
+    """Build FallbackConfig from the ``fallback`` section (edge.fallback checks its own keys); its
+    errors become ConfigErrors naming ``fallback.*``. ``chk_or_file``: a Checker or the config file."""
+    chk = chk_or_file if isinstance(chk_or_file, Checker) else _checker(chk_or_file)
     doc = dict(d)
     if available_modes is not None:
         doc["available_modes"] = tuple(available_modes)
     try:
-        cfg = FallbackConfig.from_dict(doc)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        msg = str(exc).strip("'\"")
-        key, sep, problem = msg.partition(": ")
-        if sep and key.startswith("fallback") and " " not in key:
-            raise chk.fail(key, problem) from exc
-        raise chk.fail("fallback", msg) from exc
-    return cfg
+        return FallbackConfig.from_dict(doc)
+    except CheckError as exc:
+        raise chk.fail(join("fallback", exc.key), exc.problem) from exc
 
 
 # --------------------------------------------------------------------------- entry points
@@ -397,12 +320,12 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
     """Check a parsed config document. Relative paths resolve against ``base_dir`` (default: the
     directory of ``path``, else the working directory)."""
     file = Path(path) if path is not None else None
-    chk = _Checker(file)
+    chk = _checker(file)
     base = Path(base_dir) if base_dir is not None else (file.resolve().parent if file is not None else Path.cwd())
     if doc is None:
         raise ConfigError(f"{file}: the file is empty" if file else "the configuration is empty", file=file)
     if not isinstance(doc, dict):
-        raise ConfigError(f"{file or 'config'}: must be a YAML mapping at the top level, got {_describe(doc)}",
+        raise ConfigError(f"{file or 'config'}: must be a YAML mapping at the top level, got {describe(doc)}",
                           file=file)
     chk.mapping(doc, "")
     chk.keys(doc, "", _TOP_KEYS)
@@ -412,7 +335,7 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
         device_id = chk.string(doc["device_id"], "device_id")
     if doc.get("bundle") is None:
         raise chk.fail("bundle", "missing required key (the model bundle directory)")
-    bundle = chk.path(doc["bundle"], "bundle", base)
+    bundle = _path(chk, doc["bundle"], "bundle", base)
 
     engine = _engine(chk, doc.get("engine"), base)
     source, kind, exit_at_end, read_timeout_s, reopen_attempts = _source(chk, doc.get("source"), base)
@@ -421,16 +344,8 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
     _check_sinks_keys(chk, sinks, device_id)
     queues = _queues(chk, doc.get("queues"), kind)
     heatmaps = _heatmaps(chk, doc.get("heatmaps"))
-
-    wd = chk.mapping(doc.get("watchdog"), "watchdog")
-    chk.keys(wd, "watchdog", _WATCHDOG_KEYS)
-    watchdog = WatchdogConfig(**({"enabled": chk.boolean(wd["enabled"], "watchdog.enabled")}
-                                 if wd.get("enabled") is not None else {}))
-    st = chk.mapping(doc.get("status"), "status")
-    chk.keys(st, "status", _STATUS_KEYS)
-    status = StatusConfig(**({"interval_s": chk.pos_number(st["interval_s"], "status.interval_s")}
-                             if st.get("interval_s") is not None else {}))
-
+    watchdog = _watchdog(chk, doc.get("watchdog"))
+    status = _status(chk, doc.get("status"))
     log_level = "INFO"
     if doc.get("log_level") is not None:
         v = doc["log_level"]
@@ -440,40 +355,16 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
                  engine=engine, source=source, source_type=kind, exit_at_end=exit_at_end,
                  read_timeout_s=read_timeout_s, reopen_attempts=reopen_attempts, fallback=fallback, sinks=sinks,
                  queues=queues, heatmaps=heatmaps, watchdog=watchdog, status=status, log_level=log_level)
-    _check_owned_sections(chk, cfg)
+    # edge.fallback checks its keys now, so a typo fails at start with exit code 2 (sources and
+    # sinks are created later; the daemon maps their configuration errors to exit code 2 as well).
+    check_fallback(chk, cfg.fallback)
     return cfg
 
 
-def _check_owned_sections(chk: _Checker, cfg: Config) -> None:
-    """Let edge.fallback check its keys now, so a typo fails at start with exit code 2.
-
-    (Sources and sinks are checked when they are created; the daemon maps their configuration
-    errors to exit code 2 as well.) Skipped when the module is not installed: the daemon then
-    fails later with a clear import error.
-    """
-    try:
-        import edge.fallback  # noqa: F401
-    except ImportError:
-        return
-    check_fallback(chk, cfg.fallback)
-
-
 def load_config(path: str | os.PathLike) -> Config:
-    """Read and check a YAML config file. Raises ConfigError naming the file and key."""
+    """Read and check a YAML config file (duplicate keys are errors, as in bundle.yaml). Raises
+    ConfigError naming the file and key."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {file}", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read: {exc}", file=file) from exc
-    try:
-        from .bundle import _UniqueKeyLoader  # duplicate keys are errors, as in bundle.yaml
-
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        problem = ": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p) or str(exc)
-        raise ConfigError(f"{file}:{where} not valid YAML: {problem}", file=file) from exc
-    return config_from_dict(doc, path=file)
+    if not file.exists():
+        raise ConfigError(f"config file not found: {file}", file=file)
+    return config_from_dict(load_yaml(file, ConfigError), path=file)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
 
+from edge.checks import Checker
 from edge.frames import Frame
 from edge.modes import MODES, STREAMS
 
@@ -31,9 +32,11 @@ _SAMPLE_SIDE = 128  # colour is checked on a strided sample of at most this many
 
 # ----------------------------------------------------------------------------- config
 
-
-def _err(key: str, msg: str) -> ValueError:
-    return ValueError(f"fallback.{key}: {msg}")
+# Errors name keys below `fallback` (exc.key "hold_bad"; the message reads "fallback.hold_bad: ...").
+_CHECK = Checker(prefix="fallback")
+_COUNTS = ("stale_frames", "frozen_frames", "hold_bad", "hold_good")
+_RANGES = {"max_missing_depth": (0.0, 1.0), "black_level": (0.0, 255.0), "saturated_level": (0.0, 255.0),
+           "saturated_fraction": (0.0, 1.0)}
 
 
 @dataclass
@@ -49,47 +52,29 @@ class FallbackConfig:
     available_modes: tuple = MODES  # what the bundle offers
 
     def __post_init__(self) -> None:
-        for name in ("stale_frames", "frozen_frames", "hold_bad", "hold_good"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise _err(name, f"must be an integer >= 1, got {v!r}")
-            setattr(self, name, int(v))
-        ranges = {
-            "max_missing_depth": (0.0, 1.0),
-            "black_level": (0.0, 255.0),
-            "saturated_level": (0.0, 255.0),
-            "saturated_fraction": (0.0, 1.0),
-        }
-        for name, (lo, hi) in ranges.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(v) or not lo <= v <= hi:
-                raise _err(name, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
-            setattr(self, name, float(v))
+        for name in _COUNTS:
+            setattr(self, name, _CHECK.integer(getattr(self, name), name, lo=1))
+        for name, (lo, hi) in _RANGES.items():
+            setattr(self, name, _CHECK.number(getattr(self, name), name, lo, hi))
         if self.saturated_fraction <= 0:
-            raise _err("saturated_fraction", f"must be > 0, got {self.saturated_fraction!r}")
+            raise _CHECK.fail("saturated_fraction", f"must be > 0, got {self.saturated_fraction!r}")
         if self.black_level >= self.saturated_level:
-            raise _err("black_level", f"must be below saturated_level ({self.saturated_level:g}), "
-                                      f"got {self.black_level:g}")
+            raise _CHECK.fail("black_level", f"must be below saturated_level ({self.saturated_level:g}), "
+                                             f"got {self.black_level:g}")
         am = self.available_modes
         if isinstance(am, str) or not isinstance(am, (list, tuple)) or not am:
-            raise _err("available_modes", f"must be a non-empty list of modes ({', '.join(MODES)}), got {am!r}")
+            raise _CHECK.fail("available_modes", f"must be a non-empty list of modes ({', '.join(MODES)}), "
+                                                 f"got {am!r}")
         bad = [m for m in am if m not in MODES]
         if bad:
-            raise _err("available_modes", f"unknown mode(s) {bad} (known modes: {', '.join(MODES)})")
+            raise _CHECK.fail("available_modes", f"unknown mode(s) {bad} (known modes: {', '.join(MODES)})")
         self.available_modes = tuple(dict.fromkeys(am))  # de-duplicated, order kept
 
     @classmethod
     def from_dict(cls, d) -> "FallbackConfig":
         """From the `fallback:` section of a config file; None or {} gives the defaults."""
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise ValueError(f"fallback: must be a mapping of settings, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in known:
-                raise ValueError(f"fallback.{k}: unknown key (known: {', '.join(known)})")
+        d = _CHECK.mapping(d, None, allow_none=True)
+        _CHECK.keys(d, None, [f.name for f in fields(cls)])
         return cls(**d)
 
     def to_dict(self) -> dict:

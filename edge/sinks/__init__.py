@@ -10,21 +10,26 @@ sinks = make_sinks({"mqtt": {"host": "broker.lan"}, "gpio": {"backend": "gpiod",
 ```
 
 Each section may be absent/None/false (disabled), ``true`` or ``{}`` (defaults), or a mapping
-(``enabled: false`` disables it). Unknown keys are ValueErrors naming the dotted key
-(``sinks.mqtt.qos_level: unknown key (did you mean 'qos'?) ...``). Sinks are returned in the
-order gpio, mqtt, jsonl, console (the time-critical one first). Payloads, topics and timing:
-docs/results.md. Only the standard library is imported here: paho-mqtt, Jetson.GPIO and gpiod
-are imported when the sink that needs them is created.
+(``enabled: false`` disables it). Configuration mistakes (unknown keys too) raise
+edge.checks.CheckError, a ValueError naming the dotted key in its message and in ``key``
+(``sinks.console.only_reject: unknown key (did you mean 'only_rejects'?) ...``). Sinks are
+returned in the order gpio, mqtt, jsonl, console (the time-critical one first). Payloads, topics
+and timing: docs/results.md. Only the standard library and yaml are imported here: paho-mqtt,
+Jetson.GPIO and gpiod are imported when the sink that needs them is created.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Counters, RateLimitedLog, Section, Sink
+from ..checks import Checker, Section, describe
+from .base import Counters, RateLimitedLog, Sink
 
 __all__ = ["SINK_TYPES", "Sink", "Counters", "RateLimitedLog", "Section", "make_sinks", "parse_sinks_config"]
 
 SINK_TYPES = ("gpio", "mqtt", "jsonl", "console")  # creation (and publish) order
+
+
+_CHECK = Checker()  # errors name the whole dotted key: sinks.mqtt.qos
 
 
 def _section(value: Any, key: str) -> dict | None:
@@ -34,28 +39,22 @@ def _section(value: Any, key: str) -> dict | None:
     if value is True:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"{key}: must be a mapping (or true/false), got {type(value).__name__} {value!r}")
-    enabled = value.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ValueError(f"{key}.enabled: must be true or false, got {enabled!r}")
-    if not enabled:
+        raise _CHECK.fail(key, f"must be a mapping (or true/false), got {describe(value)}")
+    if not _CHECK.boolean(value.get("enabled", True), f"{key}.enabled"):
         return None
     return {k: v for k, v in value.items() if k != "enabled"}
 
 
 def parse_sinks_config(cfg: dict | None, device_id: str) -> dict[str, Any]:
     """Check every section without opening anything (the MQTT password file is read).
-    Returns {sink type: typed config} for the enabled sinks. ValueError names the key."""
+    Returns {sink type: typed config} for the enabled sinks. A CheckError (a ValueError) names
+    the dotted key."""
     from .files import parse_console_config, parse_jsonl_config
     from .gpio import parse_gpio_config
     from .mqtt import parse_mqtt_config
 
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"sinks: must be a mapping, got {type(cfg).__name__}")
-    if not isinstance(device_id, str) or not device_id:
-        raise ValueError(f"device_id: must be a non-empty string, got {device_id!r}")
+    cfg = _CHECK.mapping(cfg, "sinks", allow_none=True, any_keys=True)
+    _CHECK.string(device_id, "device_id")
     Section(cfg, "sinks", SINK_TYPES)  # unknown sink types
     parsers = {"gpio": parse_gpio_config, "mqtt": lambda d, k: parse_mqtt_config(d, device_id, k),
                "jsonl": parse_jsonl_config, "console": parse_console_config}

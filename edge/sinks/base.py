@@ -1,5 +1,6 @@
 """The :class:`Sink` protocol every result sink implements, and small helpers the sinks share
-(thread-safe counters, rate-limited error logging, configuration checking with key names).
+(thread-safe counters, rate-limited error logging). The sinks read their configuration sections
+with :class:`edge.checks.Section`, whose errors name the dotted key.
 
 The daemon calls, from its single sink thread::
 
@@ -13,16 +14,14 @@ that is down, a full disk, a GPIO write error): the problem is logged and counte
 """
 from __future__ import annotations
 
-import difflib
 import logging
-import math
 import threading
 import time
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..results import InspectionResult
 
-__all__ = ["Sink", "Counters", "RateLimitedLog", "Section"]
+__all__ = ["Sink", "Counters", "RateLimitedLog"]
 
 
 @runtime_checkable
@@ -91,92 +90,3 @@ class RateLimitedLog:
         with self._lock:
             self._last.pop(key, None)
             self._suppressed.pop(key, None)
-
-
-def _describe(v: Any) -> str:
-    return f"{type(v).__name__} {v!r}" if not isinstance(v, str) else repr(v)
-
-
-class Section:
-    """Read one configuration mapping with checks; errors are ValueErrors naming the dotted key.
-
-    >>> s = Section({"port": 1883}, "sinks.mqtt", allowed=("host", "port"))
-    >>> s.int("port", 1, 65535, default=1883)
-    1883
-    """
-
-    def __init__(self, d: Any, key: str, allowed: Iterable[str]):
-        if d is None:
-            d = {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{key}: must be a mapping, got {_describe(d)}")
-        self.d = d
-        self.key = key
-        allowed = tuple(allowed)
-        for k in d:
-            if k not in allowed:
-                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"{key}.{k}: unknown key{hint}; known keys: {', '.join(allowed)}")
-
-    def k(self, name: str) -> str:
-        return f"{self.key}.{name}"
-
-    def has(self, name: str) -> bool:
-        return self.d.get(name) is not None
-
-    def raw(self, name: str, default: Any = None) -> Any:
-        v = self.d.get(name)
-        return default if v is None else v
-
-    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
-        v = self.d.get(name)
-        if v is None:
-            if required:
-                raise ValueError(f"{self.k(name)}: required")
-            return default
-        if not isinstance(v, str) or not v.strip():
-            raise ValueError(f"{self.k(name)}: must be a non-empty string, got {_describe(v)}")
-        return v
-
-    def bool(self, name: str, default: bool) -> bool:
-        v = self.d.get(name)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise ValueError(f"{self.k(name)}: must be true or false, got {_describe(v)}")
-        return v
-
-    def int(self, name: str, lo: int, hi: int, default: int | None = None, required: bool = False) -> int | None:
-        v = self.d.get(name)
-        if v is None:
-            if required:
-                raise ValueError(f"{self.k(name)}: required")
-            return default
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(f"{self.k(name)}: must be an integer from {lo} to {hi}, got {_describe(v)}")
-        return v
-
-    def number(self, name: str, lo: float, hi: float, default: float | None = None,
-               lo_open: bool = False) -> float | None:
-        v = self.d.get(name)
-        if v is None:
-            return default
-        ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-              and (v > lo if lo_open else v >= lo) and v <= hi)
-        if not ok:
-            rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
-            raise ValueError(f"{self.k(name)}: must be a number {rng}, got {_describe(v)}")
-        return float(v)
-
-    def choice(self, name: str, allowed: Iterable[Any], default: Any) -> Any:
-        allowed = tuple(allowed)
-        v = self.d.get(name)
-        if v is None:
-            return default
-        if isinstance(v, bool) or v not in allowed:  # (True == 1: a bool is never a valid choice here)
-            close = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"{self.k(name)}: must be one of {', '.join(map(str, allowed))}, "
-                             f"got {_describe(v)}{hint}")
-        return v

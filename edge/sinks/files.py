@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..checks import Section
 from ..results import InspectionResult
-from .base import Counters, RateLimitedLog, Section
+from .base import Counters, RateLimitedLog
 
 log = logging.getLogger("edge.sinks.files")
 

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..checks import Section
 from ..results import InspectionResult
-from .base import Counters, RateLimitedLog, Section
+from .base import Counters, RateLimitedLog
 
 log = logging.getLogger("edge.sinks.gpio")
 
@@ -61,17 +62,17 @@ def parse_gpio_config(d: Any, key: str = "sinks.gpio") -> GpioConfig:
     s = Section(d, key, GPIO_KEYS)
     backend = s.choice("backend", BACKENDS, "jetson")
     if s.has("pin") and s.has("line"):
-        raise ValueError(f"{key}.pin: give either pin or line, not both")
+        raise s.fail("pin", "give either pin or line, not both")
     name = "pin" if s.has("pin") else "line"
     line = s.raw(name)
     if line is None:
         if backend != "simulated":
-            raise ValueError(f"{key}.{'pin' if backend == 'jetson' else 'line'}: required for backend {backend}")
+            raise s.fail("pin" if backend == "jetson" else "line", f"required for backend {backend}")
         line = 0
     elif isinstance(line, bool) or not isinstance(line, (int, str)) or (isinstance(line, int) and line < 0):
-        raise ValueError(f"{key}.{name}: must be a non-negative integer (or a line name), got {line!r}")
+        raise s.fail(name, f"must be a non-negative integer (or a line name), got {line!r}")
     elif isinstance(line, str) and backend == "jetson" and not line.strip():
-        raise ValueError(f"{key}.{name}: empty")
+        raise s.fail(name, "empty")
     return GpioConfig(
         backend=backend, line=line, chip=s.str("chip", "/dev/gpiochip0"),
         active_high=s.bool("active_high", True),

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import Checker, Section, join
 from ..results import InspectionResult
-from .base import Counters, RateLimitedLog, Section
+from .base import Counters, RateLimitedLog
 from .outbox import Outbox, OutboxError
 
 log = logging.getLogger("edge.sinks.mqtt")
@@ -89,59 +90,67 @@ class MqttConfig:
         return f"{self.topic_prefix}/heatmap/{seq}"
 
 
-def _check_file(path: str, key: str) -> str:
-    p = Path(os.path.expanduser(path))
+def _check_file(s: Section, name: str) -> str:
+    p = Path(os.path.expanduser(s.str(name)))
     if not p.is_file():
-        raise ValueError(f"{key}: file not found: {p}")
+        raise s.fail(name, f"file not found: {p}")
     if not os.access(p, os.R_OK):
-        raise ValueError(f"{key}: file not readable: {p}")
+        raise s.fail(name, f"file not readable: {p}")
     return str(p)
 
 
-def _check_topic(prefix: str, key: str) -> str:
+def _check_topic(s: Section, name: str, default: str) -> str:
+    prefix = s.str(name, default)
     if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
-        raise ValueError(f"{key}: not a valid topic prefix (no wildcards + #, no leading/trailing or "
-                         f"double '/'): {prefix!r}")
+        raise s.fail(name, f"not a valid topic prefix (no wildcards + #, no leading/trailing or double '/'): "
+                           f"{prefix!r}")
     return prefix
 
 
+def _read_password(s: Section, username: str | None) -> tuple[str | None, str | None]:
+    """(password_file, password) from ``password_file``; (None, None) without one."""
+    if not s.has("password_file"):
+        return None, None
+    if username is None:
+        raise s.fail("password_file", "given without username")
+    password_file = _check_file(s, "password_file")
+    try:
+        password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise s.fail("password_file", f"cannot read {password_file}: {exc}") from exc
+    if not password:
+        raise s.fail("password_file", f"{password_file} is empty")
+    return password_file, password
+
+
 def parse_mqtt_config(d: Any, device_id: str, key: str = "sinks.mqtt") -> MqttConfig:
-    """Check ``sinks.mqtt`` and read the password file. ValueError names the key (and file)."""
+    """Check ``sinks.mqtt`` and read the password file. A CheckError (a ValueError) names the key (and file)."""
     if isinstance(d, dict) and "password" in d:
-        raise ValueError(f"{key}.password: unknown key: the password is never read from the configuration; "
-                         f"put it in a file readable only by the service and name it in password_file")
+        raise Checker().fail(join(key, "password"), "unknown key: the password is never read from the configuration; "
+                                                    "put it in a file readable only by the service and name it "
+                                                    "in password_file")
     s = Section(d, key, MQTT_KEYS)
     host = s.str("host", required=True)
     tls = None
     if s.d.get("tls") not in (None, False):
         t = Section({} if s.d["tls"] is True else s.d["tls"], f"{key}.tls", TLS_KEYS)
-        files = {k: _check_file(t.str(k), t.k(k)) if t.has(k) else None for k in ("ca_file", "cert_file", "key_file")}
+        files = {k: _check_file(t, k) if t.has(k) else None for k in ("ca_file", "cert_file", "key_file")}
         if files["key_file"] and not files["cert_file"]:
-            raise ValueError(f"{key}.tls.key_file: given without cert_file")
+            raise t.fail("key_file", "given without cert_file")
         tls = TlsConfig(insecure=t.bool("insecure", False), **files)
     port = s.int("port", 1, 65535, default=DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
     username = s.str("username")
-    password = password_file = None
-    if s.has("password_file"):
-        if username is None:
-            raise ValueError(f"{key}.password_file: given without username")
-        password_file = _check_file(s.str("password_file"), f"{key}.password_file")
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{key}.password_file: cannot read {password_file}: {exc}") from exc
-        if not password:
-            raise ValueError(f"{key}.password_file: {password_file} is empty")
-    o = Section(s.d.get("outbox"), f"{key}.outbox", OUTBOX_KEYS) if not isinstance(s.d.get("outbox"), str) \
-        else Section({"path": s.d["outbox"]}, f"{key}.outbox", OUTBOX_KEYS)
+    password_file, password = _read_password(s, username)
+    outbox = s.d.get("outbox")
+    o = Section({"path": outbox} if isinstance(outbox, str) else outbox, f"{key}.outbox", OUTBOX_KEYS)
     rmin = s.number("reconnect_min_s", 0.0, 3600.0, default=1.0, lo_open=True)
     rmax = s.number("reconnect_max_s", 0.0, 3600.0, default=60.0, lo_open=True)
     if rmax < rmin:
-        raise ValueError(f"{key}.reconnect_max_s: must be >= reconnect_min_s ({rmin:g}), got {rmax:g}")
+        raise s.fail("reconnect_max_s", f"must be >= reconnect_min_s ({rmin:g}), got {rmax:g}")
     return MqttConfig(
         host=host, port=port,
         client_id=s.str("client_id", device_id),
-        topic_prefix=_check_topic(s.str("topic_prefix", f"{TOPIC_ROOT}/{device_id}"), f"{key}.topic_prefix"),
+        topic_prefix=_check_topic(s, "topic_prefix", f"{TOPIC_ROOT}/{device_id}"),
         qos=s.choice("qos", (0, 1, 2), 1),
         keepalive=s.int("keepalive", 5, 3600, default=30),
         tls=tls, username=username, password_file=password_file, password=password,

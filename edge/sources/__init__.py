@@ -21,11 +21,11 @@ pyrealsense2 is imported only when a RealSense source opens.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
+from ..checks import Checker, describe
 from .base import (
     COMMON_COUNTERS,
     BaseSource,
@@ -88,34 +88,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _describe(v: Any) -> str:
-    return f"{v!r} ({type(v).__name__})"
-
-
-def _bool(d: dict, k: str) -> None:
-    if not isinstance(d[k], bool):
-        raise SourceConfigError(k, f"must be true or false, got {_describe(d[k])}")
-
-
-def _pos_int(d: dict, k: str) -> None:
-    v = d[k]
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise SourceConfigError(k, f"must be a positive integer, got {_describe(v)}")
-
-
-def _number(d: dict, k: str, *, positive: bool) -> None:
-    v = d[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise SourceConfigError(k, f"must be a {'positive' if positive else 'non-negative'} number, got {_describe(v)}")
-
-
-def _path(d: dict, k: str) -> None:
-    v = d[k]
-    if v is None:
-        raise SourceConfigError(k, "missing required key (the file or folder to replay)")
-    if not isinstance(v, (str, os.PathLike)) or not str(v):
-        raise SourceConfigError(k, f"must be a path, got {_describe(v)}")
-    d[k] = str(v)
+# Errors name keys below `source` (exc.key "fps"; the message reads "source.fps: ...").
+_CHECK = Checker(prefix="source", error=SourceConfigError)
 
 
 def validate_source_config(cfg: Any) -> dict:
@@ -126,76 +100,83 @@ def validate_source_config(cfg: Any) -> dict:
     files exist or that a camera is connected (``open()`` does).
     """
     if not isinstance(cfg, dict):
-        raise SourceConfigError("type", f"a source configuration must be a mapping, got {type(cfg).__name__}")
-    if "type" not in cfg or cfg["type"] is None:
-        raise SourceConfigError("type", f"missing required key (one of {', '.join(SOURCE_TYPES)})")
+        raise _CHECK.fail("type", f"a source configuration must be a mapping, got {type(cfg).__name__}")
+    if cfg.get("type") is None:
+        raise _CHECK.fail("type", f"missing required key (one of {', '.join(SOURCE_TYPES)})")
     kind = cfg["type"]
     if kind not in SOURCE_TYPES:
-        raise SourceConfigError("type", f"unknown source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}")
+        raise _CHECK.fail("type", f"unknown source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}")
     allowed = DEFAULTS[kind]
-    unknown = [k for k in cfg if k != "type" and k not in allowed]
-    if unknown:
-        import difflib
-
-        k = unknown[0]
-        close = difflib.get_close_matches(str(k), list(allowed), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SourceConfigError(str(k), f"unknown key for a '{kind}' source{hint} "
-                                        f"(accepted: {', '.join(allowed)})")
+    _CHECK.keys(cfg, None, ("type", *allowed), context=f" for a '{kind}' source")
     out: dict[str, Any] = {"type": kind}
     for k, default in allowed.items():
         v = cfg.get(k, default)
         out[k] = list(v) if isinstance(v, (list, tuple)) else v
-
-    if kind == "realsense":
-        s = out["serial"]
-        if isinstance(s, int) and not isinstance(s, bool):
-            out["serial"] = str(s)  # YAML reads an unquoted serial as a number
-        elif s is not None and (not isinstance(s, str) or not s.strip()):
-            raise SourceConfigError("serial", f"must be the camera's serial number as a string, or null, got {_describe(s)}")
-        for k in ("width", "height", "fps", "timeouts_before_reconnect"):
-            _pos_int(out, k)
-        _number(out, "timeout_ms", positive=True)
-        for k in ("align_to_color", "hardware_reset"):
-            _bool(out, k)
-        b = out["reconnect_backoff_s"]
-        if not isinstance(b, list) or not b:
-            raise SourceConfigError("reconnect_backoff_s", f"must be a non-empty list of seconds, got {_describe(cfg.get('reconnect_backoff_s'))}")
-        for i, x in enumerate(b):
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
-                raise SourceConfigError(f"reconnect_backoff_s[{i}]", f"must be a non-negative number of seconds, got {_describe(x)}")
-        out["reconnect_backoff_s"] = [float(x) for x in b]
-    elif kind == "recording":
-        _path(out, "path")
-        if Path(out["path"]).suffix.lower() not in RECORDING_SUFFIXES:
-            raise SourceConfigError("path", f"{out['path']}: a recording must be a {' or '.join(RECORDING_SUFFIXES)} file "
-                                            "(for a dataset folder use type 'folder')")
-        for k in ("realtime", "loop", "align_to_color"):
-            _bool(out, k)
-    else:  # folder
-        _path(out, "path")
-        if not isinstance(out["split"], str) or not out["split"]:
-            raise SourceConfigError("split", f"must be a split folder name such as 'test', got {_describe(out['split'])}")
-        _number(out, "fps", positive=False)
-        _bool(out, "loop")
-
+    {"realsense": _check_realsense, "recording": _check_recording, "folder": _check_folder}[kind](out)
     if "filters" in out:
-        f = out["filters"]
-        if f is None:
-            f = out["filters"] = []
-        if not isinstance(f, list) or not all(isinstance(x, str) for x in f):
-            raise SourceConfigError("filters", f"must be a list of filter names ({', '.join(FILTERS)}), got {_describe(f)}")
-        for x in f:
-            if x == "decimation":
-                raise SourceConfigError(
-                    "filters", "'decimation' is not supported: it changes the depth resolution, so depth would no "
-                               "longer match the colour image and the model input; lower width/height instead")
-            if x not in FILTERS:
-                raise SourceConfigError("filters", f"unknown filter {x!r}; accepted: {', '.join(FILTERS)}")
-        if len(set(f)) != len(f):
-            raise SourceConfigError("filters", f"lists a filter twice: {f}")
-        out["filters"] = [x for x in FILTERS if x in f]  # librealsense's recommended order
+        out["filters"] = _check_filters(out["filters"])
     return out
+
+
+def _check_realsense(out: dict) -> None:
+    s = out["serial"]
+    if isinstance(s, int) and not isinstance(s, bool):
+        out["serial"] = str(s)  # YAML reads an unquoted serial as a number
+    elif s is not None and (not isinstance(s, str) or not s.strip()):
+        raise _CHECK.fail("serial", f"must be the camera's serial number as a string, or null, got {describe(s)}")
+    for k in ("width", "height", "fps", "timeouts_before_reconnect"):
+        _CHECK.positive_int(out[k], k)
+    _CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, lo_open=True)
+    for k in ("align_to_color", "hardware_reset"):
+        _CHECK.boolean(out[k], k)
+    b = out["reconnect_backoff_s"]
+    if not isinstance(b, list) or not b:
+        raise _CHECK.fail("reconnect_backoff_s", f"must be a non-empty list of seconds, got {describe(b)}")
+    out["reconnect_backoff_s"] = [_CHECK.number(x, f"reconnect_backoff_s[{i}]", lo=0) for i, x in enumerate(b)]
+
+
+def _check_recording(out: dict) -> None:
+    _check_path(out)
+    if Path(out["path"]).suffix.lower() not in RECORDING_SUFFIXES:
+        raise _CHECK.fail("path", f"{out['path']}: a recording must be a {' or '.join(RECORDING_SUFFIXES)} file "
+                                  "(for a dataset folder use type 'folder')")
+    for k in ("realtime", "loop", "align_to_color"):
+        _CHECK.boolean(out[k], k)
+
+
+def _check_folder(out: dict) -> None:
+    _check_path(out)
+    if not isinstance(out["split"], str) or not out["split"]:
+        raise _CHECK.fail("split", f"must be a split folder name such as 'test', got {describe(out['split'])}")
+    _CHECK.number(out["fps"], "fps", lo=0)
+    _CHECK.boolean(out["loop"], "loop")
+
+
+def _check_path(out: dict) -> None:
+    v = out["path"]
+    if v is None:
+        raise _CHECK.fail("path", "missing required key (the file or folder to replay)")
+    if not isinstance(v, (str, os.PathLike)) or not str(v):
+        raise _CHECK.fail("path", f"must be a path, got {describe(v)}")
+    out["path"] = str(v)
+
+
+def _check_filters(f: Any) -> list[str]:
+    """The post-processing filters, in librealsense's recommended order."""
+    if f is None:
+        return []
+    if not isinstance(f, list) or not all(isinstance(x, str) for x in f):
+        raise _CHECK.fail("filters", f"must be a list of filter names ({', '.join(FILTERS)}), got {describe(f)}")
+    for x in f:
+        if x == "decimation":
+            raise _CHECK.fail(
+                "filters", "'decimation' is not supported: it changes the depth resolution, so depth would no "
+                           "longer match the colour image and the model input; lower width/height instead")
+        if x not in FILTERS:
+            raise _CHECK.fail("filters", f"unknown filter {x!r}; accepted: {', '.join(FILTERS)}")
+    if len(set(f)) != len(f):
+        raise _CHECK.fail("filters", f"lists a filter twice: {f}")
+    return [x for x in FILTERS if x in f]
 
 
 def open_source(cfg: dict, **kwargs) -> BaseSource:

@@ -10,13 +10,14 @@ A source yields :class:`edge.frames.Frame`s from ``read(timeout_s)``:
 Configuration mistakes are found before anything opens and raise ``ValueError``
 (:class:`SourceConfigError`) naming the key; see ``edge.sources.validate_source_config``.
 
-This module imports only the standard library and ``edge.frames``.
+This module imports only the standard library, ``edge.checks`` and ``edge.frames``.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from edge.checks import CheckError
 from edge.frames import Frame, Intrinsics
 
 
@@ -32,13 +33,9 @@ class EndOfStream(Exception):
     """A finite replay or recording ended (never raised by a live camera)."""
 
 
-class SourceConfigError(ValueError):
-    """A source configuration is invalid. ``key`` is the offending key (e.g. ``"fps"``);
-    the message starts with ``source.<key>:``."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"source.{key}: {problem}")
-        self.key = key
+class SourceConfigError(CheckError):
+    """A source configuration is invalid (a ``ValueError``). ``key`` is the offending key below
+    ``source`` (e.g. ``"fps"``); the message starts with ``source.<key>:``."""
 
 
 @runtime_checkable
