@@ -169,7 +169,7 @@ def _create(cfg: TrainConfig, model_config: dict):
 
 def _warn_if_long(elapsed_s: float, epoch_s: float, epochs_left: int, hour_s: float = 3600.0) -> None:
     """After the first epoch: say when the epoch count will take more than an hour at this pace
-    (the same CPU model has run steps 2 to 2.6 x slower from one day to the next)."""
+    (a step's time on one CPU varies from day to day: only a --minutes budget bounds the wall time)."""
     total = elapsed_s + epoch_s * epochs_left
     if total > hour_s:
         tqdm.write(f"at this pace training takes about {total / 60:.0f} min; "
