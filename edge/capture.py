@@ -96,6 +96,108 @@ def _next_stem_index(root: Path, split: str, defect: str) -> int:
     return max(nums) + 1 if nums else 0
 
 
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _FrameSelector:
+    """Which delivered frames get written: every n-th, with both streams, its depth not stale.
+    The others are counted in the report."""
+
+    def __init__(self, every_n: int, rep: CaptureReport):
+        self.every_n, self.rep = every_n, rep
+        self.last_depth_number: int | None = None
+
+    def keep(self, frame) -> bool:
+        rep = self.rep
+        rep.frames_read += 1
+        if (rep.frames_read - 1) % self.every_n:
+            rep.not_selected += 1
+            if frame.depth is not None:
+                self.last_depth_number = frame.depth_frame_number
+            return False
+        if frame.rgb is None or frame.depth is None:
+            if frame.rgb is None:
+                rep.missing_rgb += 1
+            if frame.depth is None:
+                rep.missing_depth += 1
+            log.warning("frame (colour #%d, depth #%d) skipped: %s missing", frame.color_frame_number,
+                        frame.depth_frame_number, "rgb" if frame.rgb is None else "depth")
+            if frame.depth is not None:
+                self.last_depth_number = frame.depth_frame_number
+            return False
+        stale = self.last_depth_number is not None and frame.depth_frame_number == self.last_depth_number
+        self.last_depth_number = frame.depth_frame_number
+        if stale:
+            rep.stale_depth += 1
+            log.warning("frame (colour #%d) skipped: stale depth (depth frame #%d repeated)",
+                        frame.color_frame_number, frame.depth_frame_number)
+            return False
+        return True
+
+
+class _SampleWriter:
+    """Writes frames as numbered samples of one split and defect folder, stems continuing after
+    the highest already there; the source's intrinsics, if they fit the frames, go into
+    dataset.yaml."""
+
+    def __init__(self, out_dir: Path, split: str, defect: str, depth_scale: float, source_name: str):
+        self.out_dir, self.split, self.defect, self.depth_scale = out_dir, split, defect, depth_scale
+        self.source_name = source_name
+        self.label = label_for(defect)
+        self.next_index = _next_stem_index(out_dir, split, defect)
+        self.intrinsics: dict | None = None
+        self.intrinsics_checked = False
+
+    def write(self, frame) -> str:
+        """Write one frame (both streams present); returns its stem."""
+        if frame.depth.shape != frame.rgb.shape[:2]:
+            raise ValueError(f"{self.source_name}: depth {frame.depth.shape[1]}x{frame.depth.shape[0]} "
+                             f"and colour {frame.rgb.shape[1]}x{frame.rgb.shape[0]} differ; a dataset needs "
+                             "registered images: set align_to_color: true")
+        if not self.intrinsics_checked:
+            self.intrinsics_checked = True
+            self.intrinsics = _fitting_intrinsics(frame)
+        stem = f"{self.next_index:06d}"
+        sample = RGBDSample(rgb=frame.rgb, depth=frame.depth, mask=None, label=self.label, defect=self.defect,
+                            name=f"{self.split}/{self.defect}/{stem}")
+        write_folder_sample(self.out_dir, self.split, self.defect, stem, sample, depth_scale=self.depth_scale,
+                            intrinsics=self.intrinsics)
+        self.next_index += 1
+        return stem
+
+
+def _fitting_intrinsics(frame) -> dict | None:
+    """The frame's intrinsics as dataset.yaml records them, or None when they are for another size."""
+    intr = intrinsics_to_dict(frame.intrinsics)
+    h, w = frame.rgb.shape[:2]
+    if intr is not None and (intr["width"], intr["height"]) != (w, h):
+        log.warning("the source's intrinsics are for %dx%d but frames are %dx%d: not recorded",
+                    intr["width"], intr["height"], w, h)
+        return None
+    return intr
+
+
+class _Progress:
+    """written/count on stderr: rewritten in place on a terminal, else every tenth of the count."""
+
+    def __init__(self, enabled: bool, count: int):
+        self.enabled, self.count = enabled, count
+        self.tty = enabled and sys.stderr.isatty()
+        self.step = max(1, count // 10)
+
+    def update(self, written: int) -> None:
+        if self.tty:
+            print(f"\r{PROG}: {written}/{self.count}", end="", file=sys.stderr, flush=True)
+        elif self.enabled and (written % self.step == 0 or written == self.count):
+            print(f"{PROG}: {written}/{self.count}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
 def capture(source_cfg: dict, out_dir, split: str = "train", defect: str = "good", count: int = 100,
             every_n: int = 1, progress: bool = True, depth_scale: float = 0.001, *,
             report: CaptureReport | None = None, source=None) -> int:
@@ -106,22 +208,15 @@ def capture(source_cfg: dict, out_dir, split: str = "train", defect: str = "good
     ``report`` (a :class:`CaptureReport`, filled in as it goes) and ``source`` (an already built
     source to use instead of ``source_cfg``) are for callers that want the details.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive integer, got {count!r}")
-    if isinstance(every_n, bool) or not isinstance(every_n, int) or every_n < 1:
-        raise ValueError(f"every_n must be a positive integer, got {every_n!r}")
+    _positive_int("count", count)
+    _positive_int("every_n", every_n)
     out_dir = Path(out_dir)
     rep = report if report is not None else CaptureReport(out_dir, split, defect, count)
     rep.out_dir, rep.split, rep.defect, rep.requested = out_dir, split, defect, count
     src = source if source is not None else open_source(source_cfg)
-    label = label_for(defect)
-    next_index = _next_stem_index(out_dir, split, defect)
-    intr_dict: dict | None = None
-    intr_checked = False
-    last_depth_number: int | None = None
-    tty = progress and sys.stderr.isatty()
-    step = max(1, count // 10)
-
+    selector = _FrameSelector(every_n, rep)
+    writer = _SampleWriter(out_dir, split, defect, depth_scale, getattr(src, "name", "source"))
+    shown = _Progress(progress, count)
     try:
         src.open()
         while rep.written < count:
@@ -134,55 +229,15 @@ def capture(source_cfg: dict, out_dir, split: str = "train", defect: str = "good
             except EndOfStream:
                 rep.ended = True
                 break
-            rep.frames_read += 1
-            if (rep.frames_read - 1) % every_n:
-                rep.not_selected += 1
-                last_depth_number = frame.depth_frame_number if frame.depth is not None else last_depth_number
+            if not selector.keep(frame):
                 continue
-            if frame.rgb is None or frame.depth is None:
-                if frame.rgb is None:
-                    rep.missing_rgb += 1
-                if frame.depth is None:
-                    rep.missing_depth += 1
-                log.warning("frame (colour #%d, depth #%d) skipped: %s missing", frame.color_frame_number,
-                            frame.depth_frame_number, "rgb" if frame.rgb is None else "depth")
-                if frame.depth is not None:
-                    last_depth_number = frame.depth_frame_number
-                continue
-            stale = last_depth_number is not None and frame.depth_frame_number == last_depth_number
-            last_depth_number = frame.depth_frame_number
-            if stale:
-                rep.stale_depth += 1
-                log.warning("frame (colour #%d) skipped: stale depth (depth frame #%d repeated)",
-                            frame.color_frame_number, frame.depth_frame_number)
-                continue
-            if frame.depth.shape != frame.rgb.shape[:2]:
-                raise ValueError(f"{getattr(src, 'name', 'source')}: depth {frame.depth.shape[1]}x{frame.depth.shape[0]} "
-                                 f"and colour {frame.rgb.shape[1]}x{frame.rgb.shape[0]} differ; a dataset needs "
-                                 "registered images: set align_to_color: true")
-            if not intr_checked:
-                intr_checked = True
-                intr_dict = intrinsics_to_dict(frame.intrinsics)
-                h, w = frame.rgb.shape[:2]
-                if intr_dict is not None and (intr_dict["width"], intr_dict["height"]) != (w, h):
-                    log.warning("the source's intrinsics are for %dx%d but frames are %dx%d: not recorded",
-                                intr_dict["width"], intr_dict["height"], w, h)
-                    intr_dict = None
-            stem = f"{next_index:06d}"
-            sample = RGBDSample(rgb=frame.rgb, depth=frame.depth, mask=None, label=label, defect=defect,
-                                name=f"{split}/{defect}/{stem}")
-            write_folder_sample(out_dir, split, defect, stem, sample, depth_scale=depth_scale, intrinsics=intr_dict)
-            next_index += 1
+            stem = writer.write(frame)
             rep.written += 1
             rep.first_stem = rep.first_stem or stem
             rep.last_stem = stem
-            if tty:
-                print(f"\r{PROG}: {rep.written}/{count}", end="", file=sys.stderr, flush=True)
-            elif progress and (rep.written % step == 0 or rep.written == count):
-                print(f"{PROG}: {rep.written}/{count}", file=sys.stderr, flush=True)
+            shown.update(rep.written)
     finally:
-        if tty:
-            print(file=sys.stderr)
+        shown.close()
         try:
             rep.source_stats = src.stats()
         finally:

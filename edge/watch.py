@@ -50,32 +50,8 @@ def _status_key(s: dict) -> tuple:
     return (s.get("online"), s.get("state"), s.get("event"), s.get("mode"), s.get("reason"))
 
 
-def watch(host: str = "localhost", port: int | None = None, device: str = "+", prefix: str = "rgbd-edge", *,
-          tls: dict | bool | None = None, username: str | None = None, password_file: str | None = None,
-          json_output: bool = False, max_messages: int | None = None, timeout_s: float | None = None,
-          out: TextIO | None = None, color: bool | None = None, heatmap_dir: str | os.PathLike | None = None,
-          client_id: str = "", ready: threading.Event | None = None, quiet: bool = False) -> list[dict]:
-    """Subscribe and print until ``max_messages`` messages (results and status, heatmaps not
-    counted), ``timeout_s`` or KeyboardInterrupt. Returns the messages as dicts
-    ``{"kind": "result"|"status", "device": ..., "topic": ..., "retained": bool, "payload": dict}``.
-    ``ready`` is set once the subscriptions are acknowledged. Raises ConnectionError when the
-    broker was never reached (its last error in the message)."""
-    from .sinks.files import format_result, use_color
-    from .sinks.mqtt import _import_paho
-
-    mqtt = _import_paho()
-    out = out if out is not None else sys.stdout
-    if color is None:
-        color = use_color(out)
-    if heatmap_dir is not None:
-        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
-    port = port or (8883 if tls else 1883)
-    q: queue.Queue = queue.Queue()
-    state = {"error": None, "connected_once": False}
-    topics = [f"{prefix}/{device}/result", f"{prefix}/{device}/status"]
-    if heatmap_dir is not None:
-        topics.append(f"{prefix}/{device}/heatmap/+")
-
+def _make_client(mqtt, client_id: str, tls: dict | bool | None, username: str | None, password_file: str | None):
+    """A paho client with TLS, credentials and reconnect back-off set; not yet connected."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     if tls:
         t = tls if isinstance(tls, dict) else {}
@@ -89,34 +65,97 @@ def watch(host: str = "localhost", port: int | None = None, device: str = "+", p
             pw = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         c.username_pw_set(username, pw)
     c.reconnect_delay_set(1, 10)
+    return c
 
-    def on_connect(client, userdata, flags, rc, props):
+
+class _Subscription:
+    """The client's callbacks: subscribe on every (re)connection, queue what arrives, and remember
+    the last connection error (reported once per change unless quiet)."""
+
+    def __init__(self, client, topics: list[str], where: str, ready: threading.Event | None, quiet: bool):
+        self.topics, self.where, self.ready, self.quiet = topics, where, ready, quiet
+        self.queue: queue.Queue = queue.Queue()
+        self.error: str | None = None
+        self.connected_once = False
+        client.on_connect, client.on_connect_fail = self.on_connect, self.on_connect_fail
+        client.on_subscribe, client.on_message = self.on_subscribe, self.on_message
+
+    def on_connect(self, client, userdata, flags, rc, props):
         if getattr(rc, "is_failure", False):
-            state["error"] = f"broker refused the connection: {rc}"
+            self.error = f"broker refused the connection: {rc}"
             return
-        state["connected_once"] = True
-        client.subscribe([(t, 1) for t in topics])
+        self.connected_once = True
+        client.subscribe([(t, 1) for t in self.topics])
 
-    def on_connect_fail(client, userdata):
+    def on_connect_fail(self, client, userdata):
         exc = sys.exc_info()[1]
         msg = f"{type(exc).__name__}: {exc}" if exc else "connection failed"
-        if msg != state["error"] and not quiet:
-            print(f"{PROG}: cannot connect to {host}:{port}: {msg} (retrying)", file=sys.stderr)
-        state["error"] = msg
+        if msg != self.error and not self.quiet:
+            print(f"{PROG}: cannot connect to {self.where}: {msg} (retrying)", file=sys.stderr)
+        self.error = msg
 
-    def on_subscribe(client, userdata, mid, reason_codes, props):
-        if ready is not None:
-            ready.set()
+    def on_subscribe(self, client, userdata, mid, reason_codes, props):
+        if self.ready is not None:
+            self.ready.set()
 
-    def on_message(client, userdata, m):
-        q.put((m.topic, bytes(m.payload), bool(m.retain)))
+    def on_message(self, client, userdata, m):
+        self.queue.put((m.topic, bytes(m.payload), bool(m.retain)))
 
-    c.on_connect, c.on_connect_fail = on_connect, on_connect_fail
-    c.on_subscribe, c.on_message = on_subscribe, on_message
-    c.connect_async(host, port, keepalive=30)
-    c.loop_start()
+
+class _Printer:
+    """Turns received messages into the returned dicts and the printed lines (or JSON lines);
+    heatmaps are saved, not returned."""
+
+    def __init__(self, prefix: str, out: TextIO, color: bool, json_output: bool, quiet: bool,
+                 heatmap_dir: str | os.PathLike | None):
+        from .sinks.files import format_result
+
+        self.format_result = format_result
+        self.prefix, self.out, self.color, self.json_output, self.quiet = prefix, out, color, json_output, quiet
+        self.heatmap_dir = heatmap_dir
+        self.last_status: dict[str, tuple] = {}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def handle(self, topic: str, payload: bytes, retained: bool) -> dict | None:
+        """The message as watch() returns it, or None for a heatmap."""
+        rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else topic
+        dev, _, kind = rest.partition("/")
+        if kind.startswith("heatmap/"):
+            self._save_heatmap(dev, kind.split("/", 1)[1], payload)
+            return None
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            obj = {"_raw": payload.decode("utf-8", "replace")}
+        msg = {"kind": kind, "device": dev, "topic": topic, "retained": retained, "payload": obj}
+        if self.quiet:
+            return msg
+        if self.json_output:
+            self._print(json.dumps(msg, separators=(",", ":")))
+        elif kind == "result":
+            self._print(self.format_result(obj, color=self.color, device=True))
+        elif kind == "status" and isinstance(obj, dict):
+            key = _status_key(obj)
+            if self.last_status.get(dev) != key:  # print changes, not every periodic counter update
+                self.last_status[dev] = key
+                self._print(("(retained) " if retained else "") + _status_line(dev, obj))
+        return msg
+
+    def _save_heatmap(self, dev: str, seq: str, payload: bytes) -> None:
+        if self.heatmap_dir is None:
+            return
+        f = Path(self.heatmap_dir) / f"{dev}_{seq}.jpg"
+        f.write_bytes(payload)
+        if not self.json_output and not self.quiet:
+            self._print(f"{dev} heatmap seq {seq} -> {f}")
+
+
+def _receive(q: queue.Queue, handle, max_messages: int | None, timeout_s: float | None) -> list[dict]:
+    """Handle queued messages until max_messages were returned, timeout_s passed or Ctrl-C;
+    returns what was handled by then."""
     got: list[dict] = []
-    last_status: dict[str, tuple] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while max_messages is None or len(got) < max_messages:
@@ -124,42 +163,52 @@ def watch(host: str = "localhost", port: int | None = None, device: str = "+", p
             if wait <= 0:
                 break
             try:
-                topic, payload, retained = q.get(timeout=wait)
+                item = q.get(timeout=wait)
             except queue.Empty:
                 continue
-            rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
-            dev, _, kind = rest.partition("/")
-            if kind.startswith("heatmap/"):
-                if heatmap_dir is not None:
-                    f = Path(heatmap_dir) / f"{dev}_{kind.split('/', 1)[1]}.jpg"
-                    f.write_bytes(payload)
-                    if not json_output and not quiet:
-                        print(f"{dev} heatmap seq {kind.split('/', 1)[1]} -> {f}", file=out, flush=True)
-                continue
-            try:
-                obj = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                obj = {"_raw": payload.decode("utf-8", "replace")}
-            msg = {"kind": kind, "device": dev, "topic": topic, "retained": retained, "payload": obj}
-            got.append(msg)
-            if quiet:
-                continue
-            if json_output:
-                print(json.dumps(msg, separators=(",", ":")), file=out, flush=True)
-            elif kind == "result":
-                print(format_result(obj, color=color, device=True), file=out, flush=True)
-            elif kind == "status" and isinstance(obj, dict):
-                key = _status_key(obj)
-                if last_status.get(dev) != key:  # print changes, not every periodic counter update
-                    last_status[dev] = key
-                    print(("(retained) " if retained else "") + _status_line(dev, obj), file=out, flush=True)
+            msg = handle(*item)
+            if msg is not None:
+                got.append(msg)
     except KeyboardInterrupt:
         pass
+    return got
+
+
+def watch(host: str = "localhost", port: int | None = None, device: str = "+", prefix: str = "rgbd-edge", *,
+          tls: dict | bool | None = None, username: str | None = None, password_file: str | None = None,
+          json_output: bool = False, max_messages: int | None = None, timeout_s: float | None = None,
+          out: TextIO | None = None, color: bool | None = None, heatmap_dir: str | os.PathLike | None = None,
+          client_id: str = "", ready: threading.Event | None = None, quiet: bool = False) -> list[dict]:
+    """Subscribe and print until ``max_messages`` messages (results and status, heatmaps not
+    counted), ``timeout_s`` or KeyboardInterrupt. Returns the messages as dicts
+    ``{"kind": "result"|"status", "device": ..., "topic": ..., "retained": bool, "payload": dict}``.
+    ``ready`` is set once the subscriptions are acknowledged. Raises ConnectionError when the
+    broker was never reached (its last error in the message)."""
+    from .sinks.files import use_color
+    from .sinks.mqtt import _import_paho
+
+    mqtt = _import_paho()
+    out = out if out is not None else sys.stdout
+    if color is None:
+        color = use_color(out)
+    if heatmap_dir is not None:
+        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
+    port = port or (8883 if tls else 1883)
+    topics = [f"{prefix}/{device}/result", f"{prefix}/{device}/status"]
+    if heatmap_dir is not None:
+        topics.append(f"{prefix}/{device}/heatmap/+")
+    c = _make_client(mqtt, client_id, tls, username, password_file)
+    sub = _Subscription(c, topics, f"{host}:{port}", ready, quiet)
+    printer = _Printer(prefix, out, color, json_output, quiet, heatmap_dir)
+    c.connect_async(host, port, keepalive=30)
+    c.loop_start()
+    try:
+        got = _receive(sub.queue, printer.handle, max_messages, timeout_s)
     finally:
         c.disconnect()
         c.loop_stop()
-    if not state["connected_once"] and state["error"]:
-        raise ConnectionError(f"cannot connect to {host}:{port}: {state['error']}")
+    if not sub.connected_once and sub.error:
+        raise ConnectionError(f"cannot connect to {host}:{port}: {sub.error}")
     return got
 
 

@@ -426,35 +426,37 @@ def test_a_schedule_longer_than_an_hour_says_how_to_bound_it(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_branch_only_fraction_trains_the_branches_first_then_all(split):
-    """branch_only_fraction=0.5 over 4 steps: steps 0-1 move only the branches (no focal term, ISM
-    and discriminator untouched); from step 2 on all take part, the ISM and discriminator from a
-    rate warming up from zero, so they move from step 3."""
-    from convert.train import optimiser_step
+REMOVED = [("depth_patch_size", None, 2), ("inpaint_train_passes", 2, 1), ("branch_only_fraction", 0.0, 0.6),
+           ("lambda_dice", 0.0, 1.0)]
 
-    sp, params, _ = split
-    with pytest.raises(ValueError, match="branch_only_fraction"):
-        create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "branch_only_fraction": 1.0})
-    torch.manual_seed(0)
-    np.random.seed(0)
-    model = create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, "branch_only_fraction": 0.5})
-    tr = DBRNTrainer(model, sp, params)
-    opt, sched = tr.optimizer(1e-3, total_steps=4)
-    tr.train_mode()
-    heads = lambda: torch.cat([p.detach().flatten() for n, p in model.named_parameters()  # noqa: E731
-                               if not n.startswith("branches.")])
-    branch = lambda: model.branches[0].patch_embed.weight.detach().clone()  # noqa: E731
-    for step in range(4):
-        h0, b0 = heads(), branch()
-        _, parts = optimiser_step(tr, opt, sched, torch.arange(4))
-        moved = not torch.equal(heads(), h0)
-        assert not torch.equal(branch(), b0)
-        if step < 2:
-            assert parts["focal"] == 0.0 and not moved
-            assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("branches."))
-        else:
-            assert parts["focal"] > 0.0 and moved == (step == 3)
-            assert all(p.grad is not None for p in model.disc.parameters())
+
+@pytest.mark.parametrize("key, neutral, other", REMOVED)
+def test_a_run_saved_with_a_removed_option_loads_only_at_its_neutral_value(tmp_path, dbrn_run, dbrn_bundle, key,
+                                                                            neutral, other):
+    """Options no preset used were removed with their code. A run.yaml written before carries them
+    at their neutral value: the key is dropped with no effect. Any other value names the key."""
+    old = tmp_path / "old_run"
+    shutil.copytree(dbrn_run, old)
+    run = yaml.safe_load((old / "run.yaml").read_text())
+    run["model_config"][key] = neutral
+    (old / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    model, _, _ = load_run(old)
+    assert model.cfg == load_run(dbrn_run)[0].cfg and key not in model.cfg.to_dict()
+    run["model_config"][key] = other
+    (old / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    with pytest.raises(ValueError, match=rf"dbrn config key '{key}' = {other!r}: this option was removed"):
+        load_run(old)
+    with pytest.raises(ValueError, match=f"'{key}'.*removed"):
+        create_model("dbrn", config={"image_size": TINY_SIZE, **TINY, key: other})
+    # A bundle records the config as provenance only: it loads whatever the key's value.
+    from edge.bundle import load_bundle
+
+    b = tmp_path / "bundle"
+    shutil.copytree(dbrn_bundle, b)
+    doc = yaml.safe_load((b / "bundle.yaml").read_text())
+    doc["provenance"]["model_config"][key] = other
+    (b / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert set(load_bundle(b).modes) == set(MODES)
 
 
 def test_dbrn_run_with_weight_average_evaluates_the_average(tmp_path, tiny_dataset):

@@ -38,12 +38,11 @@ def target_mask(masks: torch.Tensor, edited, present: torch.Tensor, swap: torch.
 
 
 class DBRNTrainer:
-    # Batch 4 for 44 epochs: 53 min on the 2-core CPU in bf16 (edge preset, cable_gland), 14,080
-    # steps; batch 8 for 50 epochs took as long for 8,000 steps and scored lower
-    # (dbrn_development_log). In fp32 they would not fit the hour. Its bf16 losses follow fp32's
-    # epoch by epoch; rd stays fp32, where bf16 cost 1.4-2.9 I-AUROC points (development_log).
-    # lr 5e-4: in the 55-minute budget RGB-D I-AUROC went 0.527 / about 0.72 / 0.762 for lr 2e-3 /
-    # 1e-3 / 5e-4, with RGB and depth alone and the pixel metrics rising too (dbrn_development_log).
+    # Sized for the edge preset at 128 x 128 on a 2-core CPU: batch 4 for 44 epochs is about an
+    # hour in bf16 (more, smaller steps in the hour than batch 8; fp32 would not fit it). DBRN's
+    # bf16 losses follow fp32's epoch by epoch, so bf16 is its default where the CPU runs it
+    # natively. lr 5e-4: in a one-hour budget the larger rates (1e-3, 2e-3) ended lower in every
+    # mode. benchmarks/RESULTS.md holds the measurements.
     defaults = {"epochs": 44, "lr": 0.0005, "image_size": 128, "precision": "bf16", "batch_size": 4, "ema": 0.0}
     warmup_steps = 100
 
@@ -57,42 +56,20 @@ class DBRNTrainer:
             first.setdefault(s, i)
         self.bank = TextureBank([train_set.thumbs[i] for i in first.values()])
         self.scale = params.height_scale_m or 1.0
-        self.joint = lambda: True  # optimizer() sets it from cfg.branch_only_fraction
 
     def optimizer(self, lr: float, total_steps: int, progress=None):
         warm = self.warmup_steps
 
-        def schedule_t(step: int) -> float:  # how far the run is: steps, or the time budget if further
-            t = min(step / max(total_steps, 1), 1.0)
-            return max(t, progress()) if progress is not None else t
-
-        def cosine(t: float) -> float:
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-        def factor(step: int) -> float:  # linear warm-up (attention is unstable early), then cosine
+        def factor(step: int) -> float:  # linear warm-up (attention is unstable early), then cosine to 5 %
             if step < warm:
                 return (step + 1) / warm
             t = min((step - warm) / max(total_steps - warm, 1), 1.0)
             if progress is not None:  # a time budget: decay toward whichever end is nearer
                 t = max(t, progress())
-            return cosine(t)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
-        first = self.model.cfg.branch_only_fraction
-        if not first:
-            opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-        def factor_heads(step: int) -> float:  # ISM + discriminator: zero, then warm-up and cosine
-            t = (schedule_t(step) - first) / (1 - first)
-            return 0.0 if t < 0 else min(1.0, t / 0.03) * cosine(t)
-
-        branches = list(self.model.branches.parameters())
-        mine = {id(p) for p in branches}
-        heads = [p for p in self.model.trainable_parameters() if id(p) not in mine]
-        opt = torch.optim.AdamW([{"params": branches}, {"params": heads}], lr=lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, factor_heads])
-        self.joint = lambda: schedule_t(sched.last_epoch) >= first
-        return opt, sched
+        opt = torch.optim.AdamW(self.model.trainable_parameters(), lr=lr, weight_decay=0.01)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     def train_mode(self) -> None:
         self.model.train()
@@ -121,7 +98,6 @@ class DBRNTrainer:
         # One generator per step, seeded from numpy's global state: resumable, reproducible.
         rng = np.random.default_rng(np.random.randint(2**31))
         ids = idx.tolist()
-        joint = self.joint()
         rgb_aug, depth_aug, masks, edited = zip(*(self.augment(i, rng) for i in ids))
         sp = self.split
         rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
@@ -131,8 +107,7 @@ class DBRNTrainer:
                            swap if model.cfg.swap_hides_target else None)
         with autocast(self.precision):
             out = model.training_forward(rgb, depth, fg, torch.from_numpy(np.stack(rgb_aug)),
-                                         torch.from_numpy(np.stack(depth_aug)), swap=swap, present=present,
-                                         reconstruct_only=not joint)
+                                         torch.from_numpy(np.stack(depth_aug)), swap=swap, present=present)
         parts = model.losses(as_float(out), {"rgb": rgb, "depth": depth, "fg": fg, "mask": mask})
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 

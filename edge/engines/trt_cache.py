@@ -21,20 +21,19 @@ sha256 matches the sidecar; anything else is rebuilt (the stale file is left in 
 logged). :func:`ensure_engine` is find-or-build, used by both the runtime's first start and
 `rgbd-convert build`.
 
-TensorRT usage follows the TensorRT 10 Python API: ``Builder.create_network(0)`` (explicit
-batch is the only mode), ``OnnxParser``, ``IBuilderConfig.set_memory_pool_limit``,
-``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` (INT8 for explicit Q/DQ graphs; no calibrator),
-a persisted ``ITimingCache`` and ``Builder.build_serialized_network``.
+The build itself (ONNX -> engine bytes with the TensorRT 10 Python API), the precision names
+and the build errors live in edge.engines.trt_builder; this module re-exports them, so
+``from edge.engines.trt_cache import build_engine`` (and the rest) is the one import path.
 
-Imports the standard library and edge.engines.base only: `tensorrt` is imported by
-:func:`import_tensorrt`, cuda-python or pycuda inside :func:`gpu_identity`'s probes. Never
-imports `convert` (`rgbd-convert build` imports this module, not the other way round).
+Imports the standard library, edge.digest and edge.engines' base and trt_builder only:
+`tensorrt` is imported by :func:`import_tensorrt`, cuda-python or pycuda inside
+:func:`gpu_identity`'s probes. Never imports `convert` (`rgbd-convert build` imports this
+module, not the other way round).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib
 import json
 import logging
 import os
@@ -42,19 +41,30 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..digest import sha256_bytes, sha256_file
 from .base import EngineError
+from .trt_builder import (  # noqa: F401 - the builder's names, imported from here by the runtime and convert
+    DEFAULT_WORKSPACE_MIB,
+    NO_TENSORRT_HINT,
+    EngineBuildError,
+    OnnxParseError,
+    TensorRTUnavailableError,
+    atomic_write,
+    build_engine,
+    import_tensorrt,
+    precision_flags,
+    precision_from_args,
+    precision_name,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SUBDIR = "engines"
-DEFAULT_WORKSPACE_MIB = 1024
 SIDECAR_FORMAT = 1
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"  # appended to the engine file name: <mode>-<precision>-<key16>.engine.json
@@ -62,68 +72,11 @@ LOCK_FILE = ".build.lock"
 # Board name on Jetson (NUL-terminated); distinguishes e.g. Orin Nano from AGX Orin (both sm_87).
 DEVICE_TREE_MODEL = "/proc/device-tree/model"
 
-_FLAG_NAMES = ("fp16", "int8")
-
-NO_TENSORRT_HINT = (
-    "the TensorRT Python bindings are not importable here: engines are built on the Jetson "
-    "(JetPack 6 ships TensorRT 10.3 Python bindings as python3-libnvinfer: use the system "
-    "python3, or a venv created with --system-site-packages). On this machine, "
-    "`rgbd-convert build --bundle DIR --print-trtexec` prints the equivalent trtexec commands."
-)
-
-
 # --------------------------------------------------------------------------- errors
-
-class TensorRTUnavailableError(EngineError):
-    """`import tensorrt` failed."""
-
-
-class EngineBuildError(EngineError):
-    """TensorRT could not build an engine (or the cache cannot hold one)."""
-
-
-class OnnxParseError(EngineBuildError):
-    """The ONNX parser rejected the model; ``errors`` holds every parser message."""
-
-    def __init__(self, onnx_path: Path, errors: Sequence[str]):
-        self.onnx_path = Path(onnx_path)
-        self.errors = list(errors)
-        lines = "\n".join(f"  [{i}] {e}" for i, e in enumerate(self.errors)) or "  (the parser reported no message)"
-        super().__init__(f"TensorRT's ONNX parser rejected {self.onnx_path} "
-                         f"({len(self.errors)} error(s)):\n{lines}")
-
 
 class EngineNotCachedError(EngineError):
     """No matching engine in the cache, and building was not allowed."""
 
-
-# --------------------------------------------------------------------------- precision
-
-def precision_flags(precision: str | Iterable[str]) -> tuple[str, ...]:
-    """Canonical builder flags for a precision: 'fp32' -> (), 'fp16' -> ('fp16',),
-    'int8' -> ('int8',), 'fp16_int8' (or 'int8_fp16', or an iterable of flags) -> ('fp16', 'int8')."""
-    if isinstance(precision, str):
-        parts = [p for p in re.split(r"[_+,\s]+", precision.strip().lower()) if p]
-    else:
-        parts = [str(p).strip().lower() for p in precision]
-    flags = set()
-    for p in parts:
-        if p == "fp32":
-            continue
-        if p not in _FLAG_NAMES:
-            raise ValueError(f"unknown precision {precision!r}: use fp32, fp16, int8 or fp16_int8")
-        flags.add(p)
-    return tuple(sorted(flags))
-
-
-def precision_name(flags: Iterable[str] | str) -> str:
-    """'fp32' for no flags, else the sorted flags joined by '_' ('fp16', 'int8', 'fp16_int8')."""
-    f = precision_flags(flags)
-    return "_".join(f) if f else "fp32"
-
-
-def precision_from_args(fp16: bool, int8: bool) -> str:
-    return precision_name([n for n, on in (("fp16", fp16), ("int8", int8)) if on])
 
 
 # --------------------------------------------------------------------------- identity and keys
@@ -339,21 +292,6 @@ def timing_cache_path(cache_dir: str | os.PathLike, trt_version: str, gpu: GpuId
     return Path(cache_dir) / f"timing-trt{_slug(trt_version)}-{_slug(gpu.name)}-sm{cc}-{tag}.cache"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def cache_lock(cache_dir: str | os.PathLike):
     """Exclusive flock on ``<cache_dir>/.build.lock`` so the service and a manual build do not
@@ -374,128 +312,6 @@ def cache_lock(cache_dir: str | os.PathLike):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------- TensorRT
-
-def import_tensorrt():
-    """The `tensorrt` module, or TensorRTUnavailableError with what to do instead."""
-    try:
-        return importlib.import_module("tensorrt")
-    except (ImportError, OSError) as exc:
-        raise TensorRTUnavailableError(f"{NO_TENSORRT_HINT}\n(import tensorrt: {exc})") from exc
-
-
-def _format_parser_error(err) -> str:
-    text = str(err)
-    if not text or (text.startswith("<") and "object at 0x" in text):  # no __str__: assemble it
-        parts = []
-        for attr in ("node", "node_name", "node_operator", "code", "desc"):
-            fn = getattr(err, attr, None)
-            if callable(fn):
-                with contextlib.suppress(Exception):
-                    parts.append(f"{attr}={fn()}")
-        text = ", ".join(parts) or text
-    return text
-
-
-def _dims(shape) -> tuple[int, ...]:
-    return tuple(int(d) for d in shape)
-
-
-def build_engine(onnx_path: str | os.PathLike, precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                 timing_cache_path: str | os.PathLike | None = None, *, verbose: bool = False,
-                 expected_sha256: str | None = None) -> bytes:
-    """Build a serialized TensorRT engine from an ONNX file with the TensorRT 10 Python API.
-
-    ``precision``: fp32 | fp16 | int8 | fp16_int8. INT8 expects an explicit Q/DQ ONNX (no
-    calibrator). ``timing_cache_path``: loaded if present, written back after a successful build.
-    ``expected_sha256``: the digest the engine will be keyed by; the bytes read are checked
-    against it, so an engine can never be built from other bytes than its key says.
-    Raises OnnxParseError with every parser message, EngineBuildError when the build fails.
-    """
-    trt = import_tensorrt()
-    onnx_path = Path(onnx_path)
-    flags = precision_flags(precision)
-    data = onnx_path.read_bytes()
-    if expected_sha256 is not None:
-        have = sha256_bytes(data)
-        if have != expected_sha256.lower():
-            raise EngineBuildError(f"{onnx_path}: sha256 is {have[:12]}..., expected {expected_sha256[:12]}... "
-                                   "(the file changed after the bundle was checked?); not building from it")
-
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    try:
-        builder = trt.Builder(logger)
-    except Exception as exc:  # pybind11 raises when createInferBuilder returns null (no CUDA device)
-        raise EngineBuildError(f"could not create a TensorRT builder (no usable CUDA GPU?): {exc}") from exc
-    if builder is None:
-        raise EngineBuildError("could not create a TensorRT builder (no usable CUDA GPU?)")
-
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    # path lets the parser find externally stored weights next to the model
-    if not parser.parse(data, str(onnx_path)):
-        raise OnnxParseError(onnx_path, [_format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)])
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) * (1 << 20))
-    if "fp16" in flags:
-        if getattr(builder, "platform_has_fast_fp16", True) is False:
-            log.warning("this GPU reports no fast FP16; building with the FP16 flag anyway")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if "int8" in flags:
-        if getattr(builder, "platform_has_fast_int8", True) is False:
-            log.warning("this GPU reports no fast INT8; building with the INT8 flag anyway")
-        # Explicit quantization: the Q/DQ nodes carry the scales; no calibrator is set.
-        config.set_flag(trt.BuilderFlag.INT8)
-
-    # Inputs: static shapes expected; a dynamic batch dimension gets a batch-1 profile.
-    profile = None
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = _dims(tensor.shape)
-        log.debug("input %s: shape %s dtype %s", tensor.name, shape, getattr(tensor, "dtype", "?"))
-        if any(d < 0 for d in shape):
-            if any(d < 0 for d in shape[1:]):
-                raise EngineBuildError(
-                    f"{onnx_path}: input '{tensor.name}' has dynamic dimensions {shape}; export the model "
-                    "with a static input size (only a dynamic batch dimension is handled, as batch 1)")
-            fixed = (1,) + shape[1:]
-            if profile is None:
-                profile = builder.create_optimization_profile()
-            profile.set_shape(tensor.name, fixed, fixed, fixed)
-            log.info("input '%s' has a dynamic batch dimension; building for shape %s", tensor.name, fixed)
-    if profile is not None:
-        config.add_optimization_profile(profile)
-
-    cache = None
-    if timing_cache_path is not None:
-        timing_cache_path = Path(timing_cache_path)
-        blob = b""
-        if timing_cache_path.is_file():
-            blob = timing_cache_path.read_bytes()
-            log.info("timing cache: loading %s (%d bytes)", timing_cache_path, len(blob))
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
-            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache_path)
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(
-            f"TensorRT failed to build an engine from {onnx_path} (build_serialized_network returned None). "
-            "Re-run with --verbose for TensorRT's verbose log, or reproduce with the command from "
-            "--print-trtexec (add --verbose to trtexec) to see which layer fails.")
-    engine = bytes(serialized)
-
-    if cache is not None:
-        _atomic_write(timing_cache_path, bytes(cache.serialize()))
-        log.info("timing cache: saved %s", timing_cache_path)
-    return engine
-
-
 
 
 # --------------------------------------------------------------------------- find or build
@@ -603,7 +419,7 @@ def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, for
     t0 = time.monotonic()
     blob = build_engine(onnx, precision, workspace_mib, tcache, verbose=verbose, expected_sha256=spec.onnx_sha256)
     seconds = time.monotonic() - t0
-    _atomic_write(eng, blob)
+    atomic_write(eng, blob)
     meta = spec.identity()
     meta.update({
         "onnx_file": onnx.name,
@@ -619,6 +435,6 @@ def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, for
         "built_by": built_by,
         "python": sys.version.split()[0],
     })
-    _atomic_write(sidecar_path(eng), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(sidecar_path(eng), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     log.info("%s: built in %.1f s -> %s (%.1f MiB)", tag, seconds, eng, len(blob) / (1 << 20))
     return CachedEngine(spec, onnx, eng, sidecar_path(eng), built=True)

@@ -178,6 +178,17 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+@dataclass
+class _SendState:
+    """The sender thread's bookkeeping (only that thread touches it)."""
+
+    pending: dict[int, tuple[int, int, str]] = field(default_factory=dict)  # mid -> (row id, connection generation, kind)
+    cursor: int = 0  # highest row id handed to paho
+    gen_seen: int = 0  # the connection generation last announced with an online status
+    status_seen: int = 0  # the status generation last published
+    stale_deadline: float | None = None  # until then, rows from before a reconnect wait for paho's re-send
+
+
 class MqttSink:
     """See the module docstring and docs/results.md."""
 
@@ -455,107 +466,132 @@ class MqttSink:
             log.exception("mqtt: sender thread crashed; results stay in the outbox %s", self.cfg.outbox_path)
 
     def _sender_loop(self) -> None:
-        mqtt = self._mqtt
-        ok_rc = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: paho keeps it and sends it on connect
-        pending: dict[int, tuple[int, int, str]] = {}  # mid -> (row id, connection generation, kind)
-        cursor = 0  # highest row id handed to paho
-        gen_seen = 0
-        status_seen = 0
-        stale_deadline: float | None = None
+        """Woken by acks, connections, new rows and status changes (or every 0.5 s): delete what the
+        broker acknowledged, announce a new connection, then fill the in-flight window in order."""
+        st = _SendState()
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
-            # 1. acknowledgements -> delete rows
-            done, kinds = [], []
-            while self._acks:
-                mid, failed, why = self._acks.popleft()
-                entry = pending.pop(mid, None)
-                if entry is None:
-                    continue  # a status message, or a row already given up on
-                if failed:  # MQTT 5 brokers may refuse a message (e.g. not authorised): retrying cannot help
-                    self._c.inc("rejected")
-                    self._c.inc("failed")
-                    self._rl("rejected", logging.ERROR, "mqtt: broker refused a %s message: %s", entry[2], why)
-                done.append(entry[0])
-                kinds.append((entry[2], failed))
-            if done:
-                try:
-                    self._outbox.delete(done)
-                except OutboxError as exc:  # the rows will be sent again (duplicates, not losses)
-                    self._c.inc("outbox_errors")
-                    self._rl("outbox-del", logging.ERROR, "mqtt: %s", exc)
-                for kind, failed in kinds:
-                    if not failed:
-                        self._c.inc("heatmaps_published" if kind == "heatmap" else "published")
-            self._inflight_n = len(pending)
-            self._busy = bool(pending)
+            self._take_acks(st.pending)
+            self._note_inflight(st.pending)
             if self._stop:
                 return
             if not self._connected:
                 continue
-            # 2. a new connection: retained online status; rows in flight from before wait for paho's re-send
             gen = self._conn_gen
-            if gen != gen_seen:
-                gen_seen = gen
-                status_seen = self._status_gen
-                self._send_status(self._online_payload())
-                self._status_sent = status_seen
-                stale_deadline = time.monotonic() + max(10.0, 2.0 * self.cfg.keepalive) if pending else None
-            elif self._status_gen != status_seen:
-                status_seen = self._status_gen
-                self._send_status(self._online_payload())
-                self._status_sent = status_seen
-            if stale_deadline is not None:
-                if not any(g < gen for _, g, _ in pending.values()):
-                    stale_deadline = None
-                elif time.monotonic() > stale_deadline:  # paho did not re-send them: do it ourselves
-                    log.warning("mqtt: %d message(s) from before the reconnect were not acknowledged; sending "
-                                "them again", len(pending))
-                    self._c.inc("republished", len(pending))
-                    pending.clear()
-                    self._outbox.release()
-                    cursor = 0
-                    stale_deadline = None
-                else:
-                    continue
-            # 3. fill the in-flight window, in order
-            room = self._window - len(pending)
-            if room <= 0:
+            self._send_status_if_due(st, gen)
+            if self._awaiting_resend(st, gen):
                 continue
-            try:
-                rows = self._outbox.claim(cursor, room)
-            except OutboxError as exc:
-                self._c.inc("outbox_errors")
-                self._rl("outbox-claim", logging.ERROR, "mqtt: %s", exc)
-                continue
-            for i, row in enumerate(rows):
-                try:
-                    info = self._client.publish(row.topic, row.payload, qos=self.cfg.qos, retain=False)
-                    rc = info.rc
-                except Exception as exc:  # e.g. ValueError for a payload over the MQTT size limit
-                    info, rc = None, exc
-                if info is not None and rc in ok_rc:
-                    pending[info.mid] = (row.id, gen, row.kind)
-                    cursor = row.id
-                    continue
-                if info is not None and rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # paho's window is full: later
-                    self._outbox.release(r.id for r in rows[i:])
-                    break
-                # cannot ever be sent (too large, bad topic): drop it, loudly
+            self._fill_window(st, gen)
+
+    def _note_inflight(self, pending: dict) -> None:
+        self._inflight_n = len(pending)
+        self._busy = bool(pending)
+
+    def _take_acks(self, pending: dict[int, tuple[int, int, str]]) -> None:
+        """Acknowledged rows leave the outbox; a message the broker refused is counted, not retried."""
+        done, kinds = [], []
+        while self._acks:
+            mid, failed, why = self._acks.popleft()
+            entry = pending.pop(mid, None)
+            if entry is None:
+                continue  # a status message, or a row already given up on
+            if failed:  # MQTT 5 brokers may refuse a message (e.g. not authorised): retrying cannot help
                 self._c.inc("rejected")
                 self._c.inc("failed")
-                self._c.inc("lost")
-                log.error("mqtt: %s message on %s (%d bytes) cannot be published (%s): dropped", row.kind,
-                          row.topic, len(row.payload), rc)
-                try:
-                    self._outbox.delete([row.id])
-                except OutboxError:
-                    pass
-                cursor = row.id
-            self._inflight_n = len(pending)
-            self._busy = bool(pending)
-            if len(rows) == room and rows:
-                self._wake.set()  # more may be waiting once acks come back
+                self._rl("rejected", logging.ERROR, "mqtt: broker refused a %s message: %s", entry[2], why)
+            done.append(entry[0])
+            kinds.append((entry[2], failed))
+        if not done:
+            return
+        try:
+            self._outbox.delete(done)
+        except OutboxError as exc:  # the rows will be sent again (duplicates, not losses)
+            self._c.inc("outbox_errors")
+            self._rl("outbox-del", logging.ERROR, "mqtt: %s", exc)
+        for kind, failed in kinds:
+            if not failed:
+                self._c.inc("heatmaps_published" if kind == "heatmap" else "published")
+
+    def _send_status_if_due(self, st: "_SendState", gen: int) -> None:
+        """The retained online status on a new connection or a status change. On a new connection,
+        rows in flight from before wait (for a while) for paho's own re-send."""
+        if gen != st.gen_seen:
+            st.gen_seen = gen
+            st.status_seen = self._status_gen
+            self._send_status(self._online_payload())
+            self._status_sent = st.status_seen
+            st.stale_deadline = time.monotonic() + max(10.0, 2.0 * self.cfg.keepalive) if st.pending else None
+        elif self._status_gen != st.status_seen:
+            st.status_seen = self._status_gen
+            self._send_status(self._online_payload())
+            self._status_sent = st.status_seen
+
+    def _awaiting_resend(self, st: "_SendState", gen: int) -> bool:
+        """True while rows from before the reconnect may still be re-sent by paho; past the deadline
+        they are released to be sent again from the start of the outbox."""
+        if st.stale_deadline is None:
+            return False
+        if not any(g < gen for _, g, _ in st.pending.values()):
+            st.stale_deadline = None
+            return False
+        if time.monotonic() <= st.stale_deadline:
+            return True
+        log.warning("mqtt: %d message(s) from before the reconnect were not acknowledged; sending "
+                    "them again", len(st.pending))
+        self._c.inc("republished", len(st.pending))
+        st.pending.clear()
+        self._outbox.release()
+        st.cursor = 0
+        st.stale_deadline = None
+        return False
+
+    def _fill_window(self, st: "_SendState", gen: int) -> None:
+        """Hand the next outbox rows to paho, in order, up to the in-flight window."""
+        room = self._window - len(st.pending)
+        if room <= 0:
+            return
+        try:
+            rows = self._outbox.claim(st.cursor, room)
+        except OutboxError as exc:
+            self._c.inc("outbox_errors")
+            self._rl("outbox-claim", logging.ERROR, "mqtt: %s", exc)
+            return
+        for i, row in enumerate(rows):
+            if not self._publish_row(row, st, gen):  # paho's window is full: later
+                self._outbox.release(r.id for r in rows[i:])
+                break
+        self._note_inflight(st.pending)
+        if len(rows) == room and rows:
+            self._wake.set()  # more may be waiting once acks come back
+
+    def _publish_row(self, row, st: "_SendState", gen: int) -> bool:
+        """Publish one outbox row; False when paho's queue is full (the row waits). A row that can
+        never be sent (too large, bad topic) is dropped, loudly."""
+        mqtt = self._mqtt
+        try:
+            info = self._client.publish(row.topic, row.payload, qos=self.cfg.qos, retain=False)
+            rc = info.rc
+        except Exception as exc:  # e.g. ValueError for a payload over the MQTT size limit
+            info, rc = None, exc
+        # NO_CONN: paho keeps the message and sends it on connect
+        if info is not None and rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            st.pending[info.mid] = (row.id, gen, row.kind)
+            st.cursor = row.id
+            return True
+        if info is not None and rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            return False
+        self._c.inc("rejected")
+        self._c.inc("failed")
+        self._c.inc("lost")
+        log.error("mqtt: %s message on %s (%d bytes) cannot be published (%s): dropped", row.kind,
+                  row.topic, len(row.payload), rc)
+        try:
+            self._outbox.delete([row.id])
+        except OutboxError:
+            pass
+        st.cursor = row.id
+        return True
 
     def _send_status(self, payload: bytes) -> None:
         try:
