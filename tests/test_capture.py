@@ -113,7 +113,6 @@ def test_capture_skips_and_counts_frames_missing_a_stream(tmp_path, caplog):
 
 
 def test_capture_from_a_recording(tmp_path):
-    pytest.importorskip("pyrealsense2")
     from test_sources import DEPTH_UNITS, make_recording  # tests/ is on sys.path (no __init__.py)
 
     rec = tmp_path / "r.db3"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
+import onnxruntime.quantization as ort_q
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from convert import check_trt as ct  # noqa: E402
-from convert.check_trt import ERROR, WARNING, Finding  # noqa: E402
+from convert import check_trt as ct
+from convert.check_trt import ERROR, WARNING, Finding
 
 F = TensorProto.FLOAT
 
@@ -128,8 +128,6 @@ def tiny_fp32(tmp_path_factory, torch_single_thread):
 
 
 def quantize(fp32, out, **over):
-    ort_q = pytest.importorskip("onnxruntime.quantization")
-
     class Reader(ort_q.CalibrationDataReader):
         def __init__(self):
             rng = np.random.default_rng(0)

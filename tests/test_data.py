@@ -26,7 +26,6 @@ from edge.data import (
 )
 from edge.frames import RGBDSample
 
-REAL_MVTEC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec3d" / "cable_gland"
 
 
 def _sample(h=24, w=32, seed=0, mask=True, name="") -> RGBDSample:
@@ -352,14 +351,13 @@ def test_edge_data_imports_stay_light():
 # ---------------------------------------------------------------- real data
 
 
-@pytest.mark.realdata
-@pytest.mark.skipif(not REAL_MVTEC.is_dir(), reason=f"{REAL_MVTEC} not present")
-def test_real_cable_gland():
-    assert len(open_dataset(REAL_MVTEC, "train")) == 80
-    assert len(open_dataset(REAL_MVTEC, "validation")) == 23
-    test = open_dataset(REAL_MVTEC, "test")
+@pytest.mark.realdata("mvtec3d/cable_gland")
+def test_real_cable_gland(real_data):
+    assert len(open_dataset(real_data, "train")) == 80
+    assert len(open_dataset(real_data, "validation")) == 23
+    test = open_dataset(real_data, "test")
     assert {"good", "bent", "cut", "hole", "thread"} <= {r.defect for r in test}
-    train0 = open_dataset(REAL_MVTEC, "train")[0].load()
+    train0 = open_dataset(real_data, "train")[0].load()
     assert train0.mask is None and train0.label == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -3,10 +3,9 @@ modality placeholder, determinism, losses, config, ONNX export / parity / Tensor
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-
-import torch.nn.functional as F  # noqa: E402
 from convert.models import create_model, list_models  # noqa: E402
 from convert.models.dbrn import DBRN, DBRNConfig, ssim_map  # noqa: E402
 from convert.models.rd import MODES  # noqa: E402
@@ -213,8 +212,6 @@ def edge64():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_onnx_export_parity_and_trt_lint(edge64, mode, tmp_path):
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
     from convert.check_trt import ERROR, check_file
     from convert.export import example_inputs, export_mode, parity
 
@@ -273,7 +270,6 @@ def test_inpainting_never_sees_the_pixel_it_reconstructs():
 
 
 def test_inpainting_exports_with_parity(tmp_path):
-    pytest.importorskip("onnxruntime")
     from convert.export import example_inputs, export_mode, parity
 
     torch.manual_seed(0)

@@ -12,10 +12,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
 
 from conftest import TINY_SIZE  # noqa: E402
 from convert.cli import main  # noqa: E402

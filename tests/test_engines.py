@@ -53,7 +53,7 @@ FAKE_MODULES = ("tensorrt", "pycuda", "pycuda.driver", "pycuda.autoinit", "cuda"
 
 
 def make_graph(path: Path, mode: str, size: int = S, int8: bool = False) -> Path:
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     names = MODE_INPUTS[mode]

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec3d" / "cable_gland"
 
 
 @pytest.fixture(scope="session")
@@ -164,16 +162,15 @@ def test_calibrate_cli_errors_name_the_file(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-@pytest.mark.realdata
-@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/mvtec3d/cable_gland not present")
-def test_parity_on_real_cable_gland_samples(tmp_path, torch_single_thread):
+@pytest.mark.realdata("mvtec3d/cable_gland")
+def test_parity_on_real_cable_gland_samples(tmp_path, torch_single_thread, real_data):
     """ONNX Runtime vs torch within 1e-4 on real scans through the real preprocessing."""
     from calibrate.dataset import load_raw, prepare
     from convert.export import export_mode, parity
     from convert.models import create_model
     from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
-    raw = load_raw(REAL, "test", progress=False)[::14][:4]
+    raw = load_raw(real_data, "test", progress=False)[::14][:4]
     params = fit_depth_normalisation([s.depth for s in raw], PreprocessParams(image_size=256))
     split = prepare(raw, params, progress=False)
     model = create_model("rd", config={"image_size": 256}).eval()

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime  # noqa: F401  (calibration runs the graph in it)
 import pytest
-
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 
 
 def _conv_graph(path):

