@@ -25,7 +25,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "mvtec3d" / "cable_gland"
+# The shared data folder (holding mvtec3d/ and realsense/), as benchmarks and tests read it.
+DATA_ROOT = Path(os.environ.get("RGBD_EDGE_DATA") or REPO.parent / "shared" / "data")
+REAL = DATA_ROOT / "mvtec3d" / "cable_gland"
 
 
 def _step(msg: str) -> None:
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
     a = _parse(argv)
     out = Path(a.out)
     run_dir, bundle, recording = out / "run", out / "bundle", out / "test.db3"
-    d = choose_data(a.data or os.environ.get("RGBD_EDGE_DATA"), a.epochs, out)
+    d = choose_data(a.data, a.epochs, out)
     rc = train_and_bundle(d, run_dir, bundle)
     if rc:
         return rc
