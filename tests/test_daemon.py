@@ -646,13 +646,13 @@ def test_unit_matches_the_daemon_contract():
     assert u["Type"] == ["notify"] and u["NotifyAccess"] == ["main"]
     assert u["WatchdogSec"] == ["30"] and u["Restart"] == ["on-failure"] and u["RestartSec"] == ["5"]
     assert u["RestartPreventExitStatus"] == [f"{EXIT_CONFIG} {EXIT_BUNDLE}"]
-    assert u["User"] == ["rgbd-edge"] and u["SupplementaryGroups"] == ["video plugdev gpio"]
+    assert u["User"] == ["rgbd-edge"] and u["SupplementaryGroups"] == ["video realsense gpio"]
     assert u["StateDirectory"] == ["rgbd-edge"] and u["ConfigurationDirectory"] == ["rgbd-edge"]
     for k in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "ProtectKernelTunables"):
         assert u[k] == ["strict" if k == "ProtectSystem" else "yes"], k
     assert "PrivateDevices" not in u and "MemoryDenyWriteExecute" not in u
     allow = u["DeviceAllow"]
-    assert "char-usb_device rwm" in allow and "/dev/gpiochip0 rw" in allow and "/dev/nvmap rw" in allow
+    assert "char-usb_device rw" in allow and "/dev/gpiochip0 rw" in allow and "/dev/nvmap rw" in allow
     assert u["ExecStart"] == ["/opt/rgbd-edge/venv/bin/rgbd-edge run --config /etc/rgbd-edge/config.yaml"]
     # the drain and the sinks' flush must fit in the stop timeout
     from edge.daemon import DRAIN_TIMEOUT_S, SINK_CLOSE_TIMEOUT_S
