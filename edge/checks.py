@@ -424,6 +424,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         self._depth = 0     # nesting of the node being composed
         self._deepest = 0   # deepest level reached below the node being composed, aliases expanded
         self._anchored: dict[int, tuple[int, int, int]] = {}  # id(anchored node) -> (nodes, text, height)
+        self._aliased = False  # any alias yet (only then is "alias bomb" the likely cause)
 
     def compose_document(self):
         self._anchored = {}  # ids of the previous document's nodes may be reused
@@ -437,6 +438,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if size is None:
                 raise YamlLimitError(None, None, f"alias *{event.anchor[:40]} is inside the node "
                                                  f"it refers to (a recursive structure)", event.start_mark)
+            self._aliased = True
             self._grow(size[0], size[1], event.start_mark)
             self._reach(self._depth + size[2], event.start_mark)
             return node
@@ -460,12 +462,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def _grow(self, nodes: int, text: int, mark) -> None:
         self._nodes += nodes
         self._text += text
+        why = " with aliases expanded (an alias bomb?)" if self._aliased else ""
         if self._nodes > MAX_YAML_NODES:
-            raise YamlLimitError(None, None, f"more than {MAX_YAML_NODES} values with aliases expanded "
-                                             f"(an alias bomb?)", mark)
+            raise YamlLimitError(None, None, f"more than {MAX_YAML_NODES} values{why}", mark)
         if self._text > MAX_YAML_BYTES:
-            raise YamlLimitError(None, None, f"more than {MAX_YAML_BYTES} characters of text with aliases "
-                                             f"expanded (an alias bomb?)", mark)
+            raise YamlLimitError(None, None, f"more than {MAX_YAML_BYTES} characters of text{why}", mark)
 
     def _reach(self, depth: int, mark) -> None:
         self._deepest = max(self._deepest, depth)

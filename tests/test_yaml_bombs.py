@@ -284,3 +284,11 @@ def test_the_daemon_exits_2_on_a_bomb_in_its_config(tmp_path):
     assert run.returncode == 2, run.stderr
     assert "refused" in run.stderr and "alias bomb" in run.stderr and "exit 2 (configuration error)" in run.stderr
     assert len(run.stderr) < 2000
+
+
+def test_too_many_values_without_aliases_is_not_called_a_bomb(tmp_path):
+    f = tmp_path / "wide.yaml"
+    f.write_text("x: [" + ", ".join(["1"] * MAX_YAML_NODES) + "]\n")
+    with pytest.raises(CheckError) as info:
+        load_yaml(f)
+    assert f"refused: more than {MAX_YAML_NODES} values" in str(info.value) and "alias" not in str(info.value)
