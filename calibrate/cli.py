@@ -13,12 +13,13 @@ from edge.modes import MODES
 
 
 def find_preprocess(onnx_path: Path, explicit: str | None):
+    from edge.checks import load_yaml
     from edge.preprocess import PreprocessParams
 
     path = Path(explicit) if explicit else onnx_path.parent / "preprocess.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass --preprocess (written by rgbd-convert export)")
-    return PreprocessParams.from_dict(yaml.safe_load(path.read_text()))
+    return PreprocessParams.from_dict(load_yaml(path))
 
 
 def mode_of(onnx_path: Path) -> str:

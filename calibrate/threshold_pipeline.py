@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from edge.modes import MODES
 
 from .int8_pipeline import validation_split, load_split
@@ -23,13 +21,14 @@ def graph_for(export_dir: Path, mode: str, precision: str) -> tuple[Path, str] |
 
 def thresholds_for_export(export_dir, data, target_frr=0.01, pixel_fpr=1e-3, precision="auto",
                           progress=True) -> dict[str, ModeThreshold]:
+    from edge.checks import load_yaml
     from edge.preprocess import PreprocessParams
 
     export_dir = Path(export_dir)
     pre = export_dir / "preprocess.yaml"
     if not pre.is_file():
         raise FileNotFoundError(f"{pre} not found: is {export_dir} an rgbd-convert export?")
-    params = PreprocessParams.from_dict(yaml.safe_load(pre.read_text()))
+    params = PreprocessParams.from_dict(load_yaml(pre))
     val, _ = validation_split(data, params, progress)
     try:
         test = load_split(data, "test", params, progress)

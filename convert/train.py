@@ -25,6 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from edge.checks import load_yaml
 from edge.data import open_dataset
 from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
@@ -277,7 +278,7 @@ def previous_run(out: Path, cfg: TrainConfig, data, fingerprint: str) -> Previou
     run_yaml, ckpt_path = out / "run.yaml", out / "checkpoint.pt"
     if not (run_yaml.exists() and ckpt_path.exists()):
         return None
-    run = yaml.safe_load(run_yaml.read_text())
+    run = load_yaml(run_yaml)
     params = PreprocessParams.from_dict(run["preprocess"])
     prev = run["train"]
     if (prev["model"], prev["model_config"], prev.get("preset")) != (cfg.model, cfg.model_config, cfg.preset):
@@ -506,7 +507,7 @@ def load_run(run_dir: str | Path):
     for p in (run_yaml, weights):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: is {run_dir} a finished training run?")
-    run = yaml.safe_load(run_yaml.read_text())
+    run = load_yaml(run_yaml)
     model = create_model(run["model"], config=run["model_config"], preset=None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_trained_state(_trained(state))

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from edge.data import DatasetError, write_folder_sample
 from edge.data._base import label_for
 from edge.frames import RGBDSample
 
+from .checks import CheckError, load_yaml
 from .sources import EndOfStream, FrameTimeout, SourceError, open_source, validate_source_config
 from .sources.base import intrinsics_to_dict
 
@@ -267,12 +266,12 @@ def load_source_config(config: str | None = None, source_json: str | None = None
         where = "--source-json"
     else:
         path = Path(config)
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ValueError(f"--config: {path} does not exist") from e
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ValueError(f"--config: cannot read {path}: {e}") from e
+        if not path.exists():
+            raise ValueError(f"--config: {path} does not exist")
+        try:  # the daemon's loader: duplicate keys, size, alias and nesting limits
+            doc = load_yaml(path)
+        except CheckError as e:
+            raise ValueError(f"--config: cannot read {e}") from e
         base = path.resolve().parent
         where = str(path)
         if isinstance(doc, dict) and isinstance(doc.get("source"), dict):

@@ -10,6 +10,18 @@ with the section it handed over; it never parses the message. ``ConfigError`` (e
 ``BundleError`` (edge.bundle) and ``SourceConfigError`` (edge.sources) are CheckErrors.
 A :class:`Section` reads one mapping value by value with defaults (the sinks read theirs so).
 
+Ranges: every numeric key should have an upper bound that a real line never needs to exceed, named
+in the error: ``Checker.number(v, key, lo, hi, lo_open=...)`` -> ``must be a number in (0, 600], got
+1e+10 (float)``; ``Checker.integer(v, key, lo, hi)`` -> ``must be an integer from 1 to 100, got ...``;
+``Checker.positive_int(v, key, maximum)`` -> ``must be a positive integer <= 256, got ...``;
+``Section.int`` / ``Section.number`` take the same bounds.
+
+Untrusted input stays cheap: :func:`load_yaml` refuses files over :data:`MAX_YAML_BYTES`, documents
+nested deeper than :data:`MAX_YAML_DEPTH` or whose aliases expand past :data:`MAX_YAML_NODES` values
+or :data:`MAX_YAML_BYTES` characters of text (a "billion laughs" bomb), and numbers written with more
+than :data:`MAX_NUMBER_CHARS` characters; every value an error shows goes through
+:func:`short_repr`, which walks it with a character budget instead of building the full repr.
+
 Standard library and yaml only.
 """
 from __future__ import annotations
@@ -19,6 +31,7 @@ import difflib
 import math
 import numbers
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,8 +39,9 @@ from typing import Any, Sequence
 
 import yaml
 
-__all__ = ["CheckError", "Checker", "Section", "UniqueKeyLoader", "describe", "did_you_mean", "expected_type",
-           "join", "load_yaml", "type_ok", "type_problem"]
+__all__ = ["CheckError", "Checker", "MAX_NUMBER_CHARS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES",
+           "Section", "UniqueKeyLoader", "YamlLimitError", "describe", "did_you_mean", "expected_type", "join",
+           "load_yaml", "short_repr", "type_ok", "type_problem"]
 
 
 class CheckError(ValueError):
@@ -49,27 +63,101 @@ class CheckError(ValueError):
 # --------------------------------------------------------------------------- wording
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters ending in '...' when longer.
+
+    Built by a walk that stops once it has ``limit`` characters, so a 1 MB string, a list of a
+    million items or a structure nested a thousand deep costs no more than a small value (the full
+    repr of a YAML alias bomb would take gigabytes). Values that fit are exactly their repr.
+    Containers and scalars that YAML produces are walked; other objects are repr'd whole.
+    """
+    parts: list[str] = []
+    _emit(value, parts, [limit + 1])
+    text = "".join(parts)
+    return text if len(text) <= limit else text[:max(limit - 3, 0)] + "..."
+
+
+_BRACKETS = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
+_HUGE_INT_BITS = 1024  # ~300 digits: more than any message shows; str() of a much bigger int is slow or refused
+
+
+def _emit(value: Any, out: list[str], left: list[int]) -> None:
+    """Append repr(value) to ``out`` piece by piece until ``left[0]`` characters are spent."""
+    def put(text: str) -> None:
+        out.append(text)
+        left[0] -= len(text)
+
+    kind = type(value)
+    if kind is str or kind is bytes:
+        put(repr(value[:left[0] + 1]))  # one character more than fits, so the cut shows
+    elif kind is int and value.bit_length() > _HUGE_INT_BITS:
+        put(f"<an integer of {value.bit_length()} bits>")
+    elif kind is dict:
+        put("{")
+        for i, (k, v) in enumerate(value.items()):
+            if left[0] <= 0:
+                return
+            put(", " if i else "")
+            _emit(k, out, left)
+            put(": ")
+            _emit(v, out, left)
+        put("}")
+    elif kind in _BRACKETS:
+        if not value and kind in (set, frozenset):
+            put(f"{kind.__name__}()")
+            return
+        opening, closing = _BRACKETS[kind]
+        put(opening)
+        for i, item in enumerate(value):
+            if left[0] <= 0:
+                return
+            put(", " if i else "")
+            _emit(item, out, left)
+        put("," + closing if kind is tuple and len(value) == 1 else closing)
+    else:
+        put(repr(value))
+
+
 def describe(value: Any) -> str:
-    """A value as error messages show it: ``'x' (str)``, ``nothing (null)``."""
+    """A value as error messages show it: ``'x' (str)``, ``nothing (null)``; at most about 60
+    characters of it, however big it is (see short_repr)."""
     if value is None:
         return "nothing (null)"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
+
+
+_KEY_CHARS = 200  # a key longer than this is shown (and carried in exc.key) cut short
+
+
+def _key_text(key: Any) -> str:
+    text = key if isinstance(key, str) else short_repr(key, _KEY_CHARS) if isinstance(key, int) else str(key)
+    return text if len(text) <= _KEY_CHARS else text[:_KEY_CHARS - 3] + "..."
 
 
 def join(prefix: str | None, key: Any) -> str:
     """Dotted path: join('engine', 'threads') -> 'engine.threads'; an empty side is left out."""
     if key is None or key == "":
         return prefix or ""
-    return f"{prefix}.{key}" if prefix else str(key)
+    return f"{prefix}.{_key_text(key)}" if prefix else _key_text(key)
 
 
 def did_you_mean(word: Any, allowed: Sequence[Any]) -> str | None:
-    """The closest allowed word to a misspelt one (difflib), or None."""
-    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1, cutoff=0.6)
+    """The closest allowed word to a misspelt one (difflib), or None (always for a long word)."""
+    text = _key_text(word)
+    if len(text) > 3 * max((len(str(a)) for a in allowed), default=0) + 10:
+        return None  # too long to reach difflib's 0.6 ratio with any of them; spares it a huge string
+    close = difflib.get_close_matches(text, [str(a) for a in allowed], n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _finite_real(value: Any) -> bool:
+    """A real number (never a bool) that is finite as a float (an int too big for one is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _number_range(lo: float | None, hi: float | None, lo_open: bool) -> str:
@@ -101,7 +189,7 @@ def type_ok(value: Any, tp: Any) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and _finite_real(value)
     if tp is str:
         return isinstance(value, str)
     if origin is tuple:
@@ -193,16 +281,17 @@ class Checker:
         return int(value)
 
     def positive_int(self, value: Any, key: str, maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise self.fail(key, f"must be a positive integer, got {describe(value)}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be at most {maximum}, got {value}")
+        """An integer (never a bool) from 1 to ``maximum``; the error names the maximum."""
+        if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0
+                or (maximum is not None and value > maximum)):
+            most = f" <= {maximum}" if maximum is not None else ""
+            raise self.fail(key, f"must be a positive integer{most}, got {describe(value)}")
         return int(value)
 
     def number(self, value: Any, key: str, lo: float | None = None, hi: float | None = None, *,
                lo_open: bool = False) -> float:
         """A finite number (an int is one, a bool is not) above lo (or at it unless lo_open), at most hi."""
-        ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+        ok = (_finite_real(value)
               and (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi))
         if not ok:
             raise self.fail(key, f"must be {_number_range(lo, hi, lo_open)}, got {describe(value)}")
@@ -300,9 +389,89 @@ class Section:
 # --------------------------------------------------------------------------- YAML
 
 
+# Our YAML files (the daemon config, bundle.yaml, preprocess.yaml, dataset.yaml, run.yaml) are a
+# few kB: a bundle.yaml with three modes is ~10 kB, ~700 values, 8 levels deep (it does use anchors:
+# yaml.safe_dump writes one for a list shared by two keys, so aliases stay allowed, within a budget).
+# The limits below are far beyond that and keep the pure-Python loader within ~20 MB and a second
+# or two for any input, including one crafted to blow up.
+MAX_YAML_BYTES = 1 << 20    # a bigger file is refused before it is parsed
+MAX_YAML_NODES = 20_000     # values (scalars, lists, mappings) in the document, every alias expanded
+MAX_YAML_DEPTH = 32         # nesting, aliases expanded (the composer recurses: ~3 frames a level)
+MAX_NUMBER_CHARS = 100      # PyYAML's base-60 ints take quadratic time, 4301+ digit ints fail in int()
+# The longest start of a plain scalar that PyYAML's int and float resolvers match with a repeated
+# group (base 60: 1:59:59...); `re` keeps ~40 bytes per repetition, 40 MB for a 1 MB scalar.
+_NUMBER_START = re.compile(r"[-+]?[0-9][0-9_:]*")
+
+
+class YamlLimitError(yaml.error.MarkedYAMLError):
+    """A YAML document exceeds one of the limits above (an alias bomb, a nesting bomb, ...)."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one,
-    so a second `score:` would quietly replace the first)."""
+    so a second `score:` would quietly replace the first) and documents beyond the limits above.
+
+    The budget counts what a reader of the loaded data would walk: every alias counts the values
+    and scalar text of the node it repeats, so "billion laughs" (nine aliases of nine aliases ...)
+    is refused while composing, after a few hundred nodes, before anything is constructed. An alias
+    to a node that contains it (a recursive structure) is refused too.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0     # values composed so far, aliases expanded
+        self._text = 0      # scalar characters composed so far, aliases expanded
+        self._depth = 0     # nesting of the node being composed
+        self._deepest = 0   # deepest level reached below the node being composed, aliases expanded
+        self._anchored: dict[int, tuple[int, int, int]] = {}  # id(anchored node) -> (nodes, text, height)
+        self._aliased = False  # any alias yet (only then is "alias bomb" the likely cause)
+
+    def compose_document(self):
+        self._anchored = {}  # ids of the previous document's nodes may be reused
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._anchored.get(id(node))
+            if size is None:
+                raise YamlLimitError(None, None, f"alias *{event.anchor[:40]} is inside the node "
+                                                 f"it refers to (a recursive structure)", event.start_mark)
+            self._aliased = True
+            self._grow(size[0], size[1], event.start_mark)
+            self._reach(self._depth + size[2], event.start_mark)
+            return node
+        self._depth += 1
+        self._reach(self._depth, event.start_mark)
+        if isinstance(event, yaml.ScalarEvent) and event.implicit[0] and len(event.value) > MAX_NUMBER_CHARS:
+            start = _NUMBER_START.match(event.value)
+            if start is not None and start.end() > MAX_NUMBER_CHARS:
+                raise YamlLimitError(None, None, f"a number (or an unquoted value starting like one) of more than "
+                                                 f"{MAX_NUMBER_CHARS} characters", event.start_mark)
+        nodes, text, outer_deepest = self._nodes, self._text, self._deepest
+        self._deepest = self._depth
+        node = super().compose_node(parent, index)
+        self._grow(1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0, event.start_mark)
+        if event.anchor is not None:
+            self._anchored[id(node)] = (self._nodes - nodes, self._text - text, self._deepest - self._depth + 1)
+        self._deepest = max(outer_deepest, self._deepest)
+        self._depth -= 1
+        return node
+
+    def _grow(self, nodes: int, text: int, mark) -> None:
+        self._nodes += nodes
+        self._text += text
+        why = " with aliases expanded (an alias bomb?)" if self._aliased else ""
+        if self._nodes > MAX_YAML_NODES:
+            raise YamlLimitError(None, None, f"more than {MAX_YAML_NODES} values{why}", mark)
+        if self._text > MAX_YAML_BYTES:
+            raise YamlLimitError(None, None, f"more than {MAX_YAML_BYTES} characters of text{why}", mark)
+
+    def _reach(self, depth: int, mark) -> None:
+        self._deepest = max(self._deepest, depth)
+        if depth > MAX_YAML_DEPTH:
+            raise YamlLimitError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -318,21 +487,48 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 if first is not key_node:
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
-                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+                        f"duplicate key {short_repr(key)} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_short_number(self, node):
+        """ints and floats, but never from a scalar longer than MAX_NUMBER_CHARS."""
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise YamlLimitError(None, None, f"a number written with more than {MAX_NUMBER_CHARS} characters",
+                                 node.start_mark)
+        if node.tag.endswith(":int"):
+            return self.construct_yaml_int(node)
+        return self.construct_yaml_float(node)
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_short_number)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_short_number)
+
+
+def _read_capped(file: Path) -> str:
+    """The file's text; a file over MAX_YAML_BYTES is refused without reading more than that."""
+    with open(file, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        raise ValueError(f"larger than {MAX_YAML_BYTES} bytes (1 MiB), far more than any configuration needs")
+    return data.decode("utf-8")
 
 
 def load_yaml(file: Path, error: type[CheckError] = CheckError) -> Any:
-    """Parse a YAML file (duplicate keys are errors). An unreadable file or invalid YAML raises
-    ``error`` naming the file (and the line and column)."""
+    """Parse a YAML file (duplicate keys are errors) within the limits above. An unreadable, too big
+    or invalid file raises ``error`` naming the file (and the line and column)."""
+    file = Path(file)
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read_capped(file)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise error(f"{file}: cannot read: {exc}", file=file) from exc
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        # ValueError etc.: PyYAML's constructors raise them for values its own checks let through
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        problem = ": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p) or str(exc)
-        raise error(f"{file}:{where} not valid YAML: {problem}", file=file) from exc
+        verdict = "refused" if isinstance(exc, YamlLimitError) else "not valid YAML"
+        problem = (": ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+                   or str(exc)[:200])
+        raise error(f"{file}:{where} {verdict}: {problem}", file=file) from exc

@@ -51,6 +51,37 @@ _STATUS_KEYS = ("interval_s",)
 _PATH_KEY_NAMES = ("path", "dir", "file", "directory", "outbox", "root")
 _PATH_KEY_SUFFIXES = ("_path", "_dir", "_file")
 
+# Upper bounds of the daemon's numeric keys: far beyond what a line needs, and low enough that a
+# typo (an extra zero, 1e10) fails at start with exit 2 instead of crashing or starving the daemon
+# later. Timeouts become threading waits, which raise OverflowError beyond threading.TIMEOUT_MAX.
+# ONNX Runtime intra-op threads: the biggest Jetson (AGX Orin) has 12 cores; more threads than
+# cores only contend, 64 leaves room for a workstation.
+MAX_THREADS = 64
+# TensorRT builder workspace: 64 GiB is all the memory of the biggest Jetson.
+MAX_WORKSPACE_MIB = 64 * 1024
+# Frames between capture and inference: the default 4 is 0.13 s at 30 fps; 256 frames are 8.5 s of
+# latency (a reject pulse could never reach its part) and ~550 MB of 640x480 RGB + float32 depth.
+MAX_CAPTURE_QUEUE = 256
+# Results between inference and the sinks (a result plus, for rejects, an overlay JPEG of ~50 kB):
+# 1024 are half a minute at 30 fps; a broker outage is the MQTT outbox's job, not this queue's.
+MAX_RESULTS_QUEUE = 1024
+# Inference waits this long for room in the results queue before dropping a result; while it
+# waits nothing is inspected, so more than 10 minutes is a stopped line, not a hiccup.
+MAX_RESULTS_TIMEOUT_S = 600.0
+# Source.read timeout, and so the watchdog tick interval while the camera is silent: keep it well
+# below WatchdogSec / 2; a camera silent for a minute is broken, not slow.
+MAX_READ_TIMEOUT_S = 60.0
+# Source failures in a row before exit 5: the reopen backoff (1, 2, 4 ... s, at most 30 s) computes
+# 2.0 ** attempt, which overflows a float after 1024 attempts; 1000 attempts are ~8 hours of
+# retries, and systemd restarts the service after exit 5 anyway.
+MAX_REOPEN_ATTEMPTS = 1000
+# Overlays are only ever scaled down, so a width above the camera's is harmless; 8192 px covers any
+# camera (JPEG itself stops at 65535).
+MAX_HEATMAP_WIDTH = 8192
+# Status period (sd_notify STATUS, the log, publish_status and its health report): an hour between
+# reports is already blind.
+MAX_STATUS_INTERVAL_S = 3600.0
+
 
 class ConfigError(CheckError):
     """The configuration is unusable. ``key`` is the dotted path at fault (or None), ``file`` the
@@ -165,13 +196,14 @@ def _engine(chk: Checker, value: Any, base: Path) -> EngineConfig:
     if d.get("precision") is not None:
         kw["precision"] = chk.choice(d["precision"], "engine.precision", ENGINE_PRECISIONS)
     if d.get("threads") is not None:
-        kw["threads"] = chk.positive_int(d["threads"], "engine.threads", maximum=256)
+        kw["threads"] = chk.positive_int(d["threads"], "engine.threads", maximum=MAX_THREADS)
     if d.get("cache_dir") is not None:
         kw["cache_dir"] = _path(chk, d["cache_dir"], "engine.cache_dir", base)
     if d.get("cuda") is not None:
         kw["cuda"] = chk.choice(d["cuda"], "engine.cuda", CUDA_BINDINGS)
     if d.get("workspace_mib") is not None:
-        kw["workspace_mib"] = chk.positive_int(d["workspace_mib"], "engine.workspace_mib", maximum=1 << 20)
+        kw["workspace_mib"] = chk.positive_int(d["workspace_mib"], "engine.workspace_mib",
+                                               maximum=MAX_WORKSPACE_MIB)
     for k in ("build_missing", "warmup", "verify_hashes"):
         if d.get(k) is not None:
             kw[k] = chk.boolean(d[k], f"engine.{k}")
@@ -192,10 +224,12 @@ def _source(chk: Checker, value: Any, base: Path) -> tuple[dict, str, bool, floa
         exit_at_end = chk.boolean(d["exit_at_end"], "source.exit_at_end")
     read_timeout_s = 1.0
     if d.get("read_timeout_s") is not None:
-        read_timeout_s = chk.number(d["read_timeout_s"], "source.read_timeout_s", lo=0, lo_open=True)
+        read_timeout_s = chk.number(d["read_timeout_s"], "source.read_timeout_s", lo=0, hi=MAX_READ_TIMEOUT_S,
+                                    lo_open=True)
     reopen_attempts = 3
     if d.get("reopen_attempts") is not None:
-        reopen_attempts = chk.positive_int(d["reopen_attempts"], "source.reopen_attempts")
+        reopen_attempts = chk.positive_int(d["reopen_attempts"], "source.reopen_attempts",
+                                           maximum=MAX_REOPEN_ATTEMPTS)
     passed = {k: v for k, v in d.items() if k not in SOURCE_DAEMON_KEYS}
     passed = _resolve_paths(chk, passed, "source", base)
     _check_source_keys(chk, passed, kind)
@@ -253,13 +287,14 @@ def _queues(chk: Checker, value: Any, kind: str) -> QueueConfig:
     d = chk.mapping(value, "queues", allow_none=True)
     chk.keys(d, "queues", _QUEUE_KEYS)
     kw: dict[str, Any] = {"on_full": "block" if kind in FINITE_SOURCES else "drop_oldest"}
-    for k in ("capture", "results"):
+    for k, most in (("capture", MAX_CAPTURE_QUEUE), ("results", MAX_RESULTS_QUEUE)):
         if d.get(k) is not None:
-            kw[k] = chk.positive_int(d[k], f"queues.{k}", maximum=100_000)
+            kw[k] = chk.positive_int(d[k], f"queues.{k}", maximum=most)
     if d.get("on_full") is not None:
         kw["on_full"] = chk.choice(d["on_full"], "queues.on_full", ON_FULL)
     if d.get("results_timeout_s") is not None:
-        kw["results_timeout_s"] = chk.number(d["results_timeout_s"], "queues.results_timeout_s", lo=0, lo_open=True)
+        kw["results_timeout_s"] = chk.number(d["results_timeout_s"], "queues.results_timeout_s", lo=0,
+                                             hi=MAX_RESULTS_TIMEOUT_S, lo_open=True)
     return QueueConfig(**kw)
 
 
@@ -272,7 +307,7 @@ def _heatmaps(chk: Checker, value: Any) -> HeatmapConfig:
     if d.get("jpeg_quality") is not None:
         kw["jpeg_quality"] = chk.integer(d["jpeg_quality"], "heatmaps.jpeg_quality", 1, 100)
     if d.get("max_width") is not None:
-        kw["max_width"] = chk.integer(d["max_width"], "heatmaps.max_width", 32, 8192)
+        kw["max_width"] = chk.integer(d["max_width"], "heatmaps.max_width", 32, MAX_HEATMAP_WIDTH)
     return HeatmapConfig(**kw)
 
 
@@ -289,7 +324,8 @@ def _status(chk: Checker, value: Any) -> StatusConfig:
     chk.keys(d, "status", _STATUS_KEYS)
     if d.get("interval_s") is None:
         return StatusConfig()
-    return StatusConfig(interval_s=chk.number(d["interval_s"], "status.interval_s", lo=0, lo_open=True))
+    return StatusConfig(interval_s=chk.number(d["interval_s"], "status.interval_s", lo=0,
+                                                  hi=MAX_STATUS_INTERVAL_S, lo_open=True))
 
 
 def _fallback(chk: Checker, value: Any) -> dict:

@@ -1,16 +1,29 @@
 """edge.config: the daemon's YAML configuration, checked at start with errors that name the key."""
 from __future__ import annotations
 
+import dataclasses
+import math
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
 from edge.config import (
+    MAX_READ_TIMEOUT_S,
+    MAX_REOPEN_ATTEMPTS,
+    MAX_RESULTS_TIMEOUT_S,
+    MAX_STATUS_INTERVAL_S,
+    MAX_THREADS,
+    MAX_WORKSPACE_MIB,
     Config,
     ConfigError,
     EngineConfig,
+    HeatmapConfig,
     QueueConfig,
+    StatusConfig,
     config_from_dict,
     load_config,
 )
@@ -196,3 +209,83 @@ def test_sink_sections_are_checked_by_the_sinks_module_and_paths_resolved(tmp_pa
     assert exc.key == "sinks.mqtt.qos"
     exc = error(tmp_path, minimal(tmp_path, sinks={"jsonl": {"path": "r.jsonl", "enabled": False}}))
     assert exc.key == "sinks" and "disabled" in str(exc)
+
+
+# --------------------------------------------------------------------------- upper bounds
+
+# (section, key, largest accepted value, a value beyond it, how the error names the range)
+BOUNDS = [
+    ("engine", "threads", MAX_THREADS, 1000, f"must be a positive integer <= {MAX_THREADS}, got 1000 (int)"),
+    ("engine", "workspace_mib", MAX_WORKSPACE_MIB, 1 << 30,
+     f"must be a positive integer <= {MAX_WORKSPACE_MIB}, got 1073741824 (int)"),
+    ("source", "read_timeout_s", 60, 3600, "must be a number in (0, 60], got 3600 (int)"),
+    ("source", "reopen_attempts", 1000, 100_000, "must be a positive integer <= 1000, got 100000 (int)"),
+    ("queues", "capture", 256, 100_000, "must be a positive integer <= 256, got 100000 (int)"),
+    ("queues", "results", 1024, 100_000, "must be a positive integer <= 1024, got 100000 (int)"),
+    ("queues", "results_timeout_s", 600, 1e10, "must be a number in (0, 600], got 10000000000.0 (float)"),
+    ("heatmaps", "jpeg_quality", 100, 101, "must be an integer from 1 to 100, got 101 (int)"),
+    ("heatmaps", "max_width", 8192, 100_000, "must be an integer from 32 to 8192, got 100000 (int)"),
+    ("status", "interval_s", 3600, 1e9, "must be a number in (0, 3600], got 1000000000.0 (float)"),
+]
+
+
+def with_key(tmp_path: Path, section: str, key: str, value) -> dict:
+    if section == "source":
+        return minimal(tmp_path, source={"type": "folder", "path": "replay", key: value})
+    return minimal(tmp_path, **{section: {key: value}})
+
+
+@pytest.mark.parametrize("section, key, most, beyond, problem", BOUNDS)
+def test_every_numeric_key_has_an_upper_bound_named_in_the_error(tmp_path, section, key, most, beyond, problem):
+    cfg = load_config(write(tmp_path, with_key(tmp_path, section, key, most)))
+    got = getattr(cfg, key) if section == "source" else getattr(getattr(cfg, section), key)
+    assert got == most
+    exc = error(tmp_path, with_key(tmp_path, section, key, beyond))
+    assert exc.key == f"{section}.{key}" and exc.problem == problem
+    assert str(exc) == f"{tmp_path / 'edge.yaml'}: {section}.{key}: {problem}"
+
+
+def test_the_bounds_table_covers_every_numeric_key():
+    """A numeric key added to the daemon's sections must get a bound (and a row above)."""
+    numeric = {f"{section}.{f.name}" for section, cls in (("engine", EngineConfig), ("queues", QueueConfig),
+                                                          ("heatmaps", HeatmapConfig), ("status", StatusConfig))
+               for f in dataclasses.fields(cls) if f.type.split(" |")[0] in ("int", "float")}
+    numeric |= {f"source.{f.name}" for f in dataclasses.fields(Config)
+                if f.type in ("int", "float") and f.name not in ("queues", "heatmaps")}
+    assert numeric == {f"{s}.{k}" for s, k, *_ in BOUNDS}
+
+
+def test_yaml_1e10_is_a_string_and_refused_too(tmp_path):
+    """YAML 1.1 reads 1e10 (no dot) as a string, 1.0e+10 as a float: both are exit-2 errors."""
+    text = yaml.safe_dump(minimal(tmp_path), sort_keys=False)
+    exc = error(tmp_path, text + "queues: {results_timeout_s: 1e10}\n")
+    assert exc.problem == "must be a number in (0, 600], got '1e10' (str)"
+    exc = error(tmp_path, text + "queues: {results_timeout_s: 1.0e+10}\n")
+    assert exc.problem == "must be a number in (0, 600], got 10000000000.0 (float)"
+
+
+def test_the_bounds_stay_below_what_crashes_the_daemon_later():
+    """Why the bounds: the daemon waits with threading timeouts, which overflow beyond
+    threading.TIMEOUT_MAX (1e10 s did: OverflowError in the inference thread, exit 6), and the
+    reopen backoff computes 2.0 ** attempt, which overflows after 1024 attempts."""
+    with pytest.raises(OverflowError):
+        threading.Event().wait(1e10)
+    for most in (MAX_RESULTS_TIMEOUT_S, MAX_READ_TIMEOUT_S, MAX_STATUS_INTERVAL_S):
+        assert most < threading.TIMEOUT_MAX
+    with pytest.raises(OverflowError):
+        2.0 ** 1024
+    assert math.isfinite(2.0 ** MAX_REOPEN_ATTEMPTS)
+
+
+@pytest.mark.parametrize("queues, words", [
+    ("{capture: 100000}", "queues.capture: must be a positive integer <= 256, got 100000 (int)"),
+    ("{results_timeout_s: 1.0e+10}", "queues.results_timeout_s: must be a number in (0, 600], got 10000000000.0"),
+])
+def test_the_daemon_exits_2_on_an_out_of_range_value(tmp_path, queues, words):
+    """The real command with the values that were accepted before (the second crashed it with
+    exit 6 once the results queue filled)."""
+    f = write(tmp_path, yaml.safe_dump(minimal(tmp_path), sort_keys=False) + f"queues: {queues}\n")
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(f)], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr and "exit 2 (configuration error)" in run.stderr

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import yaml
 
+from edge.checks import CheckError, load_yaml, short_repr
 from edge.frames import RGBDSample
 
 from ._base import (
@@ -57,7 +58,7 @@ def _check_scale(value, where: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise DatasetError(f"{where}: depth_scale must be a positive number of metres per count, got {value!r}")
+        raise DatasetError(f"{where}: depth_scale must be a positive number of metres per count, got {short_repr(value)}")
     return float(value)
 
 
@@ -73,7 +74,7 @@ def _check_intrinsics(value, where: str) -> dict | None:
     for k in INTRINSICS_KEYS:
         v = value[k]
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-            raise DatasetError(f"{where}: intrinsics.{k} must be a number, got {v!r}")
+            raise DatasetError(f"{where}: intrinsics.{k} must be a number, got {short_repr(v)}")
         out[k] = int(v) if k in ("width", "height") else float(v)
     return out
 
@@ -84,22 +85,22 @@ def read_folder_config(root: str | Path) -> dict:
     path = Path(root) / CONFIG_NAME
     if not path.is_file():
         raise DatasetError(f"{path} does not exist: {root} is not an rgbd-folder dataset (see docs/data-layout.md)")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise DatasetError(f"cannot parse {path}: {e}") from e
+    try:  # the shared loader: size, alias and nesting limits, so a hostile dataset.yaml stays cheap
+        cfg = load_yaml(path)
+    except CheckError as e:
+        raise DatasetError(f"cannot parse {e}") from e
     if not isinstance(cfg, dict):
         raise DatasetError(f"{path}: expected a mapping, got {type(cfg).__name__}")
     if cfg.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format must be {FORMAT!r}, got {cfg.get('format')!r}")
+        raise DatasetError(f"{path}: format must be {FORMAT!r}, got {short_repr(cfg.get('format'))}")
     version = cfg.get("version", VERSION)
     if not isinstance(version, int) or version < 1:
-        raise DatasetError(f"{path}: version must be a positive integer, got {version!r}")
+        raise DatasetError(f"{path}: version must be a positive integer, got {short_repr(version)}")
     if version > VERSION:
         raise DatasetError(f"{path}: version {version} is newer than this reader understands ({VERSION})")
     units = cfg.get("depth_units")
     if units is not None and units not in ("mm", "m"):
-        raise DatasetError(f"{path}: depth_units must be 'mm' or 'm', got {units!r}")
+        raise DatasetError(f"{path}: depth_units must be 'mm' or 'm', got {short_repr(units)}")
     if "depth_scale" in cfg:
         scale = _check_scale(cfg["depth_scale"], str(path))
     elif units == "mm":
