@@ -194,6 +194,7 @@ def test_config_error_is_a_value_error():
 
 def test_sink_sections_are_checked_by_the_sinks_module_and_paths_resolved(tmp_path):
     (tmp_path / "mqtt.password").write_text("secret\n")
+    (tmp_path / "mqtt.password").chmod(0o600)  # edge.sinks refuses a password file others can read
     doc = minimal(tmp_path, sinks={"mqtt": {"host": "broker", "username": "edge", "password_file": "mqtt.password",
                                             "outbox": {"path": "state/outbox.sqlite"}},
                                    "gpio": {"backend": "simulated"}, "console": None, "jsonl": False})

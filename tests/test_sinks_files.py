@@ -78,9 +78,31 @@ def test_jsonl_write_errors_are_counted_and_recovered(tmp_path, caplog):
     s._f = Broken()
     s.publish(result(0))  # never raises
     assert s.stats()["failed"] == 1 and any("No space left" in r.getMessage() for r in caplog.records)
+    problem, = s.stats()["health_problems"]
+    assert problem.startswith("jsonl: disk full (ENOSPC): writing") and str(path) in problem
     s.publish(result(1))  # reopened on the next result
     s.close()
     assert [json.loads(ln)["seq"] for ln in path.read_text().splitlines()] == [1]
+    assert [e["event"] for e in s.drain_events()] == ["disk_error", "disk_ok"] and s.stats()["health_problems"] == []
+
+
+def test_jsonl_rotates_by_default_and_its_numbers_are_bounded():
+    c = parse_sinks_config({"jsonl": {"path": "r.jsonl"}}, "cam1")["jsonl"]
+    assert (c.max_bytes, c.backups) == (100 << 20, 5)  # at most ~600 MiB on disk at 30 fps, forever
+    with pytest.raises(ValueError, match=r"^sinks\.jsonl\.max_bytes: must be an integer from 1024 to 1099511627776"):
+        make_sinks({"jsonl": {"path": "r.jsonl", "max_bytes": 2 ** 50}}, "cam1")
+    with pytest.raises(ValueError, match=r"^sinks\.jsonl\.backups: must be an integer from 0 to 100"):
+        make_sinks({"jsonl": {"path": "r.jsonl", "backups": 1000}}, "cam1")
+
+
+def test_jsonl_a_line_cut_by_a_crash_does_not_swallow_the_next(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"seq": -2}\n{"seq": -1, "dec')  # a previous process died mid-line
+    s = JsonlSink(JsonlConfig(path=str(path)))
+    s.publish(result(0))
+    s.close()
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"seq": -1, "dec' and json.loads(lines[2])["seq"] == 0
 
 
 def test_jsonl_only_rejects_and_bad_path(tmp_path):

@@ -78,7 +78,8 @@ def result(seq: int, decision: str = "reject", **kw) -> InspectionResult:
 def sim_sink(vc: VirtualClock, backend: SimulatedBackend | None = None, **cfg) -> GpioSink:
     c = parse_gpio_config({"backend": "simulated", **cfg})
     backend = backend if backend is not None else SimulatedBackend(c.line, c.active_high, clock=vc)
-    return GpioSink(c, backend=backend, clock=vc, condition=vc)
+    alarm = SimulatedBackend(c.alarm.line, c.alarm.active_high, clock=vc) if c.alarm else None
+    return GpioSink(c, backend=backend, clock=vc, condition=vc, alarm_backend=alarm)
 
 
 def pulses(backend: SimulatedBackend, active_high: bool = True) -> list[tuple[float, float]]:
@@ -211,7 +212,7 @@ def test_merge_into_the_active_pulse():
 
 def test_late_pulse_fires_immediately_with_full_width_and_is_counted():
     vc = VirtualClock()
-    sink = sim_sink(vc, delay_ms=50, pulse_ms=60)
+    sink = sim_sink(vc, delay_ms=50, pulse_ms=60, max_late_ms=2000)  # a generous limit: within it, late fires
     try:
         t_pub = vc.now
         sink.publish(result(0), capture_monotonic=t_pub - 1.0)  # due 950 ms ago
@@ -235,6 +236,108 @@ def test_too_late_pulse_is_skipped_when_max_late_ms_is_set(caplog):
         st = sink.stats()
         assert st["skipped_too_late"] == 1 and st["late"] == 1
         assert any("NO pulse" in r.getMessage() for r in caplog.records)
+    finally:
+        sink.close()
+
+
+def test_result_2_s_late_with_delay_350_ms_is_skipped_and_stops_the_line(monkeypatch):
+    """The issue's case: delay_ms 350 and a result that arrives 2 s after capture. The part under
+    the ejector now is another one: no pulse, the line-stop alarm instead (latched)."""
+    vc = VirtualClock()
+    wall_now = 1.7e9
+    monkeypatch.setattr(gpio, "time", types.SimpleNamespace(time=lambda: wall_now, monotonic=vc))
+    sink = sim_sink(vc, delay_ms=350, pulse_ms=80, alarm={"line": 5})
+    try:
+        assert sink.stats()["max_late_ms"] == 40.0  # default: half the pulse width
+        t_pub = vc.now
+        r = result(7, wall_time=wall_now - 0.010, latency=Latency(total_ms=1990.0))  # captured 2 s ago
+        sink.publish(r)  # the daemon's call
+        settle(vc, sink)
+        assert pulses(sink.backend) == []  # the reject line never moved
+        assert sink.alarm_backend.edges == [(t_pub, 0), (t_pub, 1)]  # idle since the start, raised at once
+        assert sink.alarm_backend.level == 1 and sink.alarm_active  # latched: still raised a minute later
+        st = sink.stats()
+        assert st["skipped_too_late"] == 1 and st["pulses"] == 0 and st["late"] == 0 and st["alarms"] == 1
+        (problem,) = st["health_problems"]
+        assert "1 reject pulse(s) skipped" in problem and "seq 7" in problem and "line 5" in problem
+        (ev,) = sink.drain_events()
+        assert ev["event"] == "gpio_pulse_skipped_late" and ev["sink"] == "gpio" and ev["seq"] == 7
+        assert ev["late_ms"] == pytest.approx(1650.0, abs=0.01) and ev["max_late_ms"] == 40.0
+        assert ev["alarm"] == "raised" and ev["delay_ms"] == 350.0 and ev["pulse_ms"] == 80.0
+        assert sink.drain_events() == []
+
+        assert sink.clear_alarm("test") and not sink.clear_alarm("test")
+        assert sink.alarm_backend.level == 0 and sink.stats()["health_problems"] == []
+        assert [e["event"] for e in sink.drain_events()] == ["gpio_alarm_cleared"]
+    finally:
+        sink.close()
+    assert not sink.alarm_backend.is_open and sink.alarm_backend.level == 0  # released with the daemon
+
+
+def test_lateness_limit_is_a_fraction_of_the_pulse_or_absolute():
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=100, pulse_ms=80)  # limit 40 ms
+    try:
+        sink.publish(result(0), capture_monotonic=vc.now - 0.100 - 0.039)  # 39 ms late: fires now
+        sink.publish(result(1), capture_monotonic=vc.now - 0.100 - 0.041)  # 41 ms late: skipped
+        settle(vc, sink)
+        assert len(pulses(sink.backend)) == 1
+        st = sink.stats()
+        assert st["late"] == 1 and st["skipped_too_late"] == 1 and st["alarm_active"] and not st["alarm_wired"]
+    finally:
+        sink.close()
+    for cfg, limit in (({"max_late_fraction": 0.25}, 20.0), ({"max_late_ms": 5}, 5.0), ({}, 40.0)):
+        assert parse_gpio_config({"backend": "simulated", "pulse_ms": 80, **cfg}).late_limit_ms == limit
+
+
+def test_a_scheduler_that_wakes_too_late_skips_the_pulse():
+    """The result came in time, but the scheduler thread itself ran late (an overloaded CPU):
+    firing now would hit the next part."""
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=100, pulse_ms=80, alarm={"line": 6})
+    try:
+        cap = vc.now
+        sink.publish(result(0), capture_monotonic=cap)
+        vc.run_until(cap + 0.050)  # parked until the pulse is due
+        with vc:
+            vc.now = cap + 0.300  # the thread does not run for 250 ms: it wakes 200 ms after the start
+        settle(vc, sink)
+        assert pulses(sink.backend) == [] and sink.alarm_backend.level == 1
+        (ev,) = sink.drain_events()
+        assert ev["why"] == "the scheduler woke too late" and ev["late_ms"] == pytest.approx(200.0, abs=1e-6)
+    finally:
+        sink.close()
+
+
+def test_alarm_without_latch_drops_after_hold_ms():
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=0, pulse_ms=20, alarm={"line": 3, "latch": False, "hold_ms": 500,
+                                                         "active_high": False})
+    try:
+        assert sink.alarm_backend.level == 1  # active low: idle high
+        t0 = vc.now
+        sink.publish(result(0), capture_monotonic=t0 - 1.0)
+        vc.run_for(0.2)
+        sink.publish(result(1), capture_monotonic=vc.now - 1.0)  # a second skip extends the hold
+        settle(vc, sink)
+        assert [(t - t0, v) for t, v in sink.alarm_backend.edges[1:]] == [(0.0, 0), (pytest.approx(0.7), 1)]
+        assert not sink.alarm_active and sink.stats()["alarms"] == 1 and sink.stats()["skipped_too_late"] == 2
+    finally:
+        sink.close()
+
+
+def test_without_an_alarm_line_a_skip_is_still_reported(caplog):
+    vc = VirtualClock()
+    sink = sim_sink(vc, delay_ms=0, pulse_ms=20)
+    try:
+        assert any(r.levelname == "WARNING" and "no alarm output wired" in r.getMessage() for r in caplog.records)
+        sink.publish(result(4), capture_monotonic=vc.now - 1.0)
+        (ev,) = sink.drain_events()
+        assert ev["alarm"] == "not wired" and ev["seq"] == 4
+        (problem,) = sink.stats()["health_problems"]
+        assert "no alarm output wired" in problem
+        assert any("NO pulse" in r.getMessage() and "nothing stops the line" in r.getMessage()
+                   for r in caplog.records)
     finally:
         sink.close()
 
@@ -326,12 +429,31 @@ def test_config_errors_name_the_key():
     c = parse_gpio_config({"pin": 33})
     assert (c.backend, c.line, c.active_high, c.delay_ms, c.pulse_ms, c.on_no_decision) == \
         ("jetson", 33, True, 0.0, 50.0, False)
+    assert c.late_limit_ms == 25.0 and c.alarm is None  # bounded by default
+
+
+@pytest.mark.parametrize("cfg, key, problem", [
+    ({"delay_ms": 1e10}, "delay_ms", r"must be a number in \[0, 60000\]"),
+    ({"pulse_ms": 60_001}, "pulse_ms", r"must be a number in \(0, 60000\]"),
+    ({"max_late_ms": 1e12}, "max_late_ms", r"must be a number in \(0, 60000\]"),
+    ({"max_late_fraction": 2}, "max_late_fraction", r"must be a number in \(0, 1\]"),
+    ({"max_late_ms": 10, "max_late_fraction": 0.5}, "max_late_fraction", "give either max_late_ms"),
+    ({"line": 10 ** 12}, "line", "must be a non-negative integer up to 65535"),
+    ({"alarm": {"line": 4, "hold_ms": 1e9}}, "alarm.hold_ms", r"must be a number in \(0, 600000\]"),
+    ({"alarm": {"line": 0}}, "alarm.line", "must differ from the reject line"),
+    ({"alarm": {"active_high": False}}, "alarm.line", "required for backend simulated"),
+    ({"alarm": {"line": 2, "latched": True}}, "alarm.latched", "unknown key .*did you mean 'latch'"),
+])
+def test_gpio_numbers_are_bounded_and_errors_name_the_key(cfg, key, problem):
+    with pytest.raises(ValueError, match=rf"^sinks\.gpio\.{key}: {problem}"):
+        make_sinks({"gpio": {"backend": "simulated", **cfg}}, "cam1")
 
 
 # --------------------------------------------------------------------------- real backends, faked libraries
 
 
-def test_jetson_backend_api_calls(monkeypatch):
+def fake_jetson_gpio(monkeypatch) -> list:
+    """A fake Jetson.GPIO module in sys.modules; returns the list of the calls made to it."""
     calls = []
     gpio = types.ModuleType("Jetson.GPIO")
     gpio.BOARD, gpio.OUT, gpio.HIGH, gpio.LOW = "BOARD", "OUT", 1, 0
@@ -344,16 +466,11 @@ def test_jetson_backend_api_calls(monkeypatch):
     jetson.GPIO = gpio
     monkeypatch.setitem(sys.modules, "Jetson", jetson)
     monkeypatch.setitem(sys.modules, "Jetson.GPIO", gpio)
-
-    sink, = make_sinks({"gpio": {"backend": "jetson", "pin": 33, "active_high": False, "pulse_ms": 10}}, "cam1")
-    sink.publish(result(0), capture_monotonic=time.monotonic())
-    sink.close()  # fires the pulse due now and returns when it has ended: no wait on the test's side
-    assert calls[:3] == [("setwarnings", False), ("setmode", "BOARD"), ("setup", 33, "OUT", 1)]  # idle high
-    assert ("output", 33, 0) in calls and calls.index(("output", 33, 0)) < calls.index(("output", 33, 1))
-    assert calls[-2:] == [("output", 33, 1), ("cleanup", 33)]
+    return calls
 
 
-def test_gpiod_v2_backend_api_calls(monkeypatch):
+def fake_gpiod(monkeypatch) -> list:
+    """A fake libgpiod v2 module in sys.modules; returns the list of the calls made to it."""
     calls = []
 
     class Direction:
@@ -385,14 +502,55 @@ def test_gpiod_v2_backend_api_calls(monkeypatch):
     gpiod.line = line_mod
     monkeypatch.setitem(sys.modules, "gpiod", gpiod)
     monkeypatch.setitem(sys.modules, "gpiod.line", line_mod)
+    return calls
 
-    sink, = make_sinks({"gpio": {"backend": "gpiod", "chip": "/dev/gpiochip1", "line": 17, "pulse_ms": 10}}, "cam1")
+
+def test_jetson_backend_api_calls(monkeypatch):
+    calls = fake_jetson_gpio(monkeypatch)
+
+    # API calls, not timing (the real clock): a loaded machine must not make the pulse too late to fire
+    sink, = make_sinks({"gpio": {"backend": "jetson", "pin": 33, "active_high": False, "pulse_ms": 10,
+                                 "max_late_ms": 60_000}}, "cam1")
+    sink.publish(result(0), capture_monotonic=time.monotonic())
+    sink.close()  # fires the pulse due now and returns when it has ended: no wait on the test's side
+    assert calls[:3] == [("setwarnings", False), ("setmode", "BOARD"), ("setup", 33, "OUT", 1)]  # idle high
+    assert ("output", 33, 0) in calls and calls.index(("output", 33, 0)) < calls.index(("output", 33, 1))
+    assert calls[-2:] == [("output", 33, 1), ("cleanup", 33)]
+
+
+def test_gpiod_v2_backend_api_calls(monkeypatch):
+    calls = fake_gpiod(monkeypatch)
+    sink, = make_sinks({"gpio": {"backend": "gpiod", "chip": "/dev/gpiochip1", "line": 17, "pulse_ms": 10,
+                                 "max_late_ms": 60_000}}, "cam1")  # API calls, not timing (see above)
     sink.publish(result(0), capture_monotonic=time.monotonic())
     sink.close()  # fires the pulse due now and returns when it has ended: no wait on the test's side
     assert calls[0] == ("request_lines", "/dev/gpiochip1", "rgbd-edge", 17,
                         {"direction": "OUTPUT", "output_value": "INACTIVE", "active_low": False})
     assert calls[1:3] == [("set_value", 17, "ACTIVE"), ("set_value", 17, "INACTIVE")]
     assert calls[-1] == ("release",)
+
+
+def test_real_backends_drive_the_alarm_line_like_the_reject_line(monkeypatch):
+    calls = fake_jetson_gpio(monkeypatch)
+    sink, = make_sinks({"gpio": {"backend": "jetson", "pin": 33, "pulse_ms": 10,
+                                 "alarm": {"pin": 35, "active_high": False}}}, "cam1")
+    assert [c for c in calls if c[0] == "setup"] == [("setup", 33, "OUT", 0), ("setup", 35, "OUT", 1)]  # idle
+    sink.publish(result(0), capture_monotonic=time.monotonic() - 5.0)  # far too late
+    assert calls[-1] == ("output", 35, 0)  # the alarm is active (low)
+    sink.close()
+    assert ("output", 33, 1) not in calls  # the reject line never pulsed
+    assert calls[-4:] == [("output", 33, 0), ("cleanup", 33), ("output", 35, 1), ("cleanup", 35)]
+
+    calls = fake_gpiod(monkeypatch)
+    sink, = make_sinks({"gpio": {"backend": "gpiod", "chip": "/dev/gpiochip1", "line": 17, "pulse_ms": 10,
+                                 "alarm": {"line": 18}}}, "cam1")
+    assert [c[:4] for c in calls] == [("request_lines", "/dev/gpiochip1", "rgbd-edge", 17),
+                                      ("request_lines", "/dev/gpiochip1", "rgbd-edge-alarm", 18)]
+    sink.publish(result(0), capture_monotonic=time.monotonic() - 5.0)
+    assert calls[-1] == ("set_value", 18, "ACTIVE")
+    sink.close()
+    assert ("set_value", 17, "ACTIVE") not in calls
+    assert calls[-4:] == [("set_value", 17, "INACTIVE"), ("release",), ("set_value", 18, "INACTIVE"), ("release",)]
 
 
 def test_missing_gpio_library_is_an_import_error_naming_it(monkeypatch):

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -127,6 +128,137 @@ def test_missing_password_file_is_a_clear_value_error(tmp_path):
     missing = tmp_path / "secrets" / "mqtt.pw"
     with pytest.raises(ValueError, match=rf"sinks\.mqtt\.password_file: file not found: {missing}"):
         make_sinks({"mqtt": {"host": "127.0.0.1", "username": "dev", "password_file": str(missing)}}, DEV)
+
+
+def _pw_file(path: Path, text: str = "s3cret pass\n", mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_password_file_others_can_access_is_refused_naming_file_and_mode(tmp_path, mode):
+    pw = _pw_file(tmp_path / "mqtt.password", mode=mode)
+    with pytest.raises(ValueError, match=rf"^sinks\.mqtt\.password_file: {pw} is accessible by group or others "
+                                         rf"\(mode {mode:04o}\): refused") as exc:
+        make_sinks({"mqtt": {"host": "h", "username": "u", "password_file": str(pw)}}, DEV)
+    assert "s3cret" not in str(exc.value)
+    pw.chmod(0o400)  # owner-only is fine, read-only too
+    assert parse_mqtt_config({"host": "h", "username": "u", "password_file": str(pw)}, DEV).password == "s3cret pass"
+
+
+def _set_acl(path: Path, *entries: tuple[int, int, int]) -> None:
+    """A POSIX ACL as the kernel stores it (what setfacl writes): version 2, then (tag, perm, id)."""
+    own = [(0x01, 6, 0xFFFFFFFF)]
+    tail = [(0x04, 0, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]  # group::---, mask::r--, other::---
+    data = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in own + list(entries) + tail)
+    try:
+        os.setxattr(path, "system.posix_acl_access", data)
+    except OSError as exc:
+        pytest.skip(f"the file system of {path} has no POSIX ACLs: {exc}")
+
+
+def test_a_systemd_credential_acl_for_this_user_only_is_accepted(tmp_path):
+    """LoadCredential= gives the service user read access through an ACL: the mode then shows the
+    ACL mask (0640) although nobody else can read the file."""
+    pw = _pw_file(tmp_path / "mqtt.password", mode=0o600)
+    _set_acl(pw, (0x02, 4, os.geteuid()))  # user:<this user>:r--
+    assert oct(pw.stat().st_mode & 0o777) == "0o640"
+    assert parse_mqtt_config({"host": "h", "username": "u", "password_file": str(pw)}, DEV).password == "s3cret pass"
+    other = _pw_file(tmp_path / "other.password", mode=0o600)
+    _set_acl(other, (0x02, 4, os.geteuid() + 4242))  # another user may read it: refused
+    with pytest.raises(ValueError, match=r"accessible by group or others \(mode 0640\): refused"):
+        parse_mqtt_config({"host": "h", "username": "u", "password_file": str(other)}, DEV)
+
+
+def test_password_file_owned_by_another_user_is_refused(tmp_path):
+    pw = _pw_file(tmp_path / "mqtt.password")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")  # the suite runs as root in CI
+    os.chown(pw, 65534, 65534)
+    with pytest.raises(ValueError, match=rf"password_file: {pw} is owned by uid 65534, neither this user "
+                                         rf"\(uid 0\) nor root: refused"):
+        parse_mqtt_config({"host": "h", "username": "u", "password_file": str(pw)}, DEV)
+
+
+@pytest.mark.parametrize("typed", ["Hunter2!", "hunter2", "correcthorsebatterystaple", "pa ss/W0rd"])
+def test_a_password_typed_into_password_file_is_never_shown(tmp_path, caplog, typed):
+    """The key holds the password instead of a path: the error names the key and the directory,
+    never the value; also once edge.config has made it an absolute path next to the config."""
+    for value in (typed, str(tmp_path / typed)):
+        with pytest.raises(ValueError, match=r"^sinks\.mqtt\.password_file: file not found: .*characters not "
+                                             r"shown: they look like a password") as exc:
+            make_sinks({"mqtt": {"host": "h", "username": "u", "password_file": value}}, DEV)
+        assert typed not in str(exc.value) and typed.split("/")[0] not in str(exc.value)
+    for value in (123456, ["x"]):  # unquoted digits in YAML, a list: not echoed either
+        with pytest.raises(ValueError, match=r"password_file: must be the path of a file .*the value is not shown"):
+            make_sinks({"mqtt": {"host": "h", "username": "u", "password_file": value}}, DEV)
+    assert typed not in caplog.text
+
+
+def test_password_file_content_is_never_shown(tmp_path):
+    cases = [(_pw_file(tmp_path / "two.pw", "s3cret-one\nsecond-line\n"), "has more than one line"),
+             (_pw_file(tmp_path / "big.pw", "s3cret-" * 1000), "is 7000 bytes: not a password file"),
+             (_pw_file(tmp_path / "bin.pw", "x"), "is not UTF-8 text"),
+             (_pw_file(tmp_path / "empty.pw", "\n"), "is empty")]
+    (tmp_path / "bin.pw").write_bytes(b"s3cret-\xff\xfe")
+    for path, problem in cases:
+        with pytest.raises(ValueError, match=rf"^sinks\.mqtt\.password_file: {path} {problem}") as exc:
+            parse_mqtt_config({"host": "h", "username": "u", "password_file": str(path)}, DEV)
+        assert "s3cret" not in str(exc.value) and "second-line" not in str(exc.value)
+    (tmp_path / "dir.pw").mkdir()
+    with pytest.raises(ValueError, match=r"password_file: not a regular file: .*dir\.pw"):
+        parse_mqtt_config({"host": "h", "username": "u", "password_file": str(tmp_path / "dir.pw")}, DEV)
+    with pytest.raises(ValueError, match=r"password_file: not a regular file: /dev/zero"):
+        parse_mqtt_config({"host": "h", "username": "u", "password_file": "/dev/zero"}, DEV)
+
+
+def test_credentials_without_tls_warn_and_report_but_run(tmp_path, caplog):
+    pw = _pw_file(tmp_path / "mqtt.pw")
+    with caplog.at_level(logging.WARNING, logger="edge.sinks.mqtt"):
+        # 192.0.2.1 (TEST-NET-1) is off this machine: the password would cross a network
+        sink = make_mqtt(mqtt_cfg(tmp_path, 1883, host="192.0.2.1", username="line3", password_file=str(pw)))
+    try:
+        warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("WITHOUT TLS" in m and "192.0.2.1:1883" in m and "line3" in m for m in warn), warn
+        assert "s3cret" not in caplog.text
+        (ev,) = [e for e in sink.drain_events() if e["event"] == "mqtt_credentials_without_tls"]
+        assert ev["sink"] == "mqtt" and ev["host"] == "192.0.2.1" and ev["username"] == "line3"
+        assert sink.stats()["health_problems"] == ["mqtt: username and password sent without TLS to 192.0.2.1:1883"]
+        sink.publish(result(0))  # it still runs: queued for when the broker answers
+        assert sink.stats()["queued"] == 1
+    finally:
+        sink.close(0.5)
+    for host, tls in (("127.0.0.1", None), ("localhost", None), ("::1", None), ("192.0.2.1", True)):
+        ok = make_mqtt(mqtt_cfg(tmp_path, 1883, host=host, username="line3", password_file=str(pw), tls=tls))
+        try:  # loopback never leaves the machine; TLS encrypts
+            assert ok.stats()["health_problems"] == [] and ok.drain_events() == []
+        finally:
+            ok.close(0.5)
+
+
+@pytest.mark.parametrize("cfg, key, problem", [
+    ({"port": 70000}, "port", "must be an integer from 1 to 65535"),
+    ({"keepalive": 10 ** 9}, "keepalive", "must be an integer from 5 to 3600"),
+    ({"inflight": 10 ** 6}, "inflight", "must be an integer from 1 to 1000"),
+    ({"reconnect_max_s": 1e10}, "reconnect_max_s", r"must be a number in \(0, 3600\]"),
+    ({"outbox": {"max_messages": 10 ** 12}}, "outbox.max_messages", "must be an integer from 1 to 10000000"),
+    ({"outbox": {"max_bytes": 10 ** 15}}, "outbox.max_bytes", "must be an integer from 1048576 to 68719476736"),
+    ({"outbox": {"max_bytes": 1000}}, "outbox.max_bytes", "must be an integer from 1048576"),
+    ({"outbox": {"memory_max_messages": 10 ** 9}}, "outbox.memory_max_messages", "must be an integer from 10 to 100000"),
+    ({"outbox": {"memory_max_bytes": 2 ** 40}}, "outbox.memory_max_bytes", "must be an integer from 1048576 to 1073741824"),
+    ({"client_id": "x" * 300}, "client_id", "longer than 256 characters"),
+    ({"topic_prefix": "a/" * 600 + "b"}, "topic_prefix", "longer than 1024 characters"),
+])
+def test_mqtt_numbers_are_bounded_and_errors_name_the_key(cfg, key, problem):
+    with pytest.raises(ValueError, match=rf"^sinks\.mqtt\.{key}: {problem}"):
+        make_sinks({"mqtt": {"host": "h", **cfg}}, DEV)
+
+
+def test_outbox_defaults_bound_rows_and_bytes():
+    c = parse_mqtt_config({"host": "h"}, DEV)
+    assert (c.outbox_max_messages, c.outbox_max_bytes, c.memory_max_messages, c.memory_max_bytes) == \
+        (10000, 256 << 20, 1000, 16 << 20)
 
 
 # --------------------------------------------------------------------------- delivery
@@ -413,6 +545,7 @@ def test_username_and_password_file(tmp_path, caplog):
     sub = Subscriber(broker.port, topics=("rgbd-edge/+/result",))
     pw = tmp_path / "mqtt.pw"
     pw.write_text("s3cret pass\n")  # trailing newline stripped
+    pw.chmod(0o600)  # a password file others can read is refused
     ok = make_mqtt(mqtt_cfg(tmp_path, broker.auth_port, username="line3", password_file=str(pw)), device="auth-ok")
     try:
         ok.publish(result(0, device="auth-ok"))
@@ -423,6 +556,7 @@ def test_username_and_password_file(tmp_path, caplog):
 
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("nope")
+    wrong.chmod(0o600)
     with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
         bad = make_mqtt(mqtt_cfg(tmp_path, broker.auth_port, username="line3", password_file=str(wrong)),
                         device="auth-bad")

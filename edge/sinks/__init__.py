@@ -13,8 +13,10 @@ Each section may be absent/None/false (disabled), ``true`` or ``{}`` (defaults),
 (``enabled: false`` disables it). Configuration mistakes (unknown keys too) raise
 edge.checks.CheckError, a ValueError naming the dotted key in its message and in ``key``
 (``sinks.console.only_reject: unknown key (did you mean 'only_rejects'?) ...``). Sinks are
-returned in the order gpio, mqtt, jsonl, console (the time-critical one first). Payloads, topics
-and timing: docs/results.md. Only the standard library and yaml are imported here: paho-mqtt,
+returned in the order gpio, mqtt, jsonl, console (the time-critical one first). Every numeric
+key has an upper bound that its error names. The gpio, mqtt and jsonl sinks also offer
+``drain_events()`` and ``stats()["health_problems"]`` (edge/sinks/base.py). Payloads, topics,
+timing, events and health: docs/results.md. Only the standard library and yaml are imported here: paho-mqtt,
 Jetson.GPIO and gpiod are imported when the sink that needs them is created.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The :class:`Sink` protocol every result sink implements, and small helpers the sinks share
-(thread-safe counters, rate-limited error logging). The sinks read their configuration sections
-with :class:`edge.checks.Section`, whose errors name the dotted key.
+(thread-safe counters, rate-limited error logging, the events and faults a sink reports). The
+sinks read their configuration sections with :class:`edge.checks.Section`, whose errors name the
+dotted key.
 
 The daemon calls, from its single sink thread::
 
@@ -8,12 +9,24 @@ The daemon calls, from its single sink thread::
     sink.publish_status(status)               # mode changes, periodic counters, start/stop events
     sink.close(timeout_s)                     # once, at shutdown
     sink.stats()                              # any thread, any time
+    sink.drain_events()                       # optional: after each publish and on each status tick
 
 Rules: ``publish`` never blocks for long and never raises because of transport trouble (a broker
 that is down, a full disk, a GPIO write error): the problem is logged and counted in ``stats()``.
+
+Optional parts of the protocol (a sink without them is fine; the daemon uses ``getattr``):
+
+* ``drain_events() -> list[dict]``: what happened since the last call, each a JSON-able dict with
+  at least ``"event"`` (``gpio_pulse_skipped_late``, ``outbox_write_failed``, ``outbox_ok``,
+  ``disk_error``, ``disk_ok``, ...) and ``"sink"``. The daemon publishes each one as a status
+  message. :class:`EventQueue` implements it.
+* ``stats()["health_problems"]``: short strings, one per problem that lasts (a full disk, a raised
+  line-stop alarm, credentials sent in clear text); empty when the sink is healthy. :class:`Fault`
+  keeps one such problem with its start and end events.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -21,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..results import InspectionResult
 
-__all__ = ["Sink", "Counters", "RateLimitedLog"]
+__all__ = ["Sink", "Counters", "RateLimitedLog", "EventQueue", "Fault"]
 
 
 @runtime_checkable
@@ -39,7 +52,8 @@ class Sink(Protocol):
         """Flush what can be flushed within ``timeout_s``, then release resources. Idempotent."""
 
     def stats(self) -> dict:
-        """Counters (published, failed, queued, dropped_overflow, ... depending on the sink)."""
+        """Counters (published, failed, queued, dropped_overflow, ... depending on the sink), and
+        optionally ``health_problems`` (see the module docstring)."""
 
 
 class Counters:
@@ -90,3 +104,76 @@ class RateLimitedLog:
         with self._lock:
             self._last.pop(key, None)
             self._suppressed.pop(key, None)
+
+
+class EventQueue:
+    """The events one sink reports through ``drain_events()``. Bounded (``maxlen``): when the daemon
+    does not drain it, the oldest events are dropped and counted in ``dropped``, so a sink never
+    grows without limit."""
+
+    def __init__(self, sink: str, maxlen: int = 200):
+        self.sink = sink
+        self._q: collections.deque = collections.deque()
+        self._maxlen = maxlen
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def emit(self, event: str, **fields: Any) -> dict:
+        e = {"event": event, "sink": self.sink, "ts": round(time.time(), 3), **fields}
+        with self._lock:
+            if len(self._q) >= self._maxlen:
+                self._q.popleft()
+                self.dropped += 1
+            self._q.append(e)
+        return e
+
+    def drain(self) -> list[dict]:
+        with self._lock:
+            out = list(self._q)
+            self._q.clear()
+        return out
+
+
+class Fault:
+    """One condition that lasts (a disk that cannot be written): the first ``fail`` emits
+    ``fail_event`` and logs at ERROR, the first ``ok`` after it emits ``ok_event`` and logs at
+    INFO; ``problem`` is the health problem while it lasts (updated by every ``fail``)."""
+
+    def __init__(self, events: EventQueue, fail_event: str, ok_event: str, logger: logging.Logger):
+        self._events = events
+        self._fail_event = fail_event
+        self._ok_event = ok_event
+        self._log = logger
+        self._lock = threading.Lock()
+        self.problem: str | None = None
+        self.since: float | None = None  # time.monotonic() of the first failure
+        self.failures = 0  # during the current fault
+
+    @property
+    def active(self) -> bool:
+        return self.problem is not None
+
+    def fail(self, problem: str, **fields: Any) -> bool:
+        """Record a failure; True (event emitted, logged) when the fault starts with it."""
+        with self._lock:
+            new = self.problem is None
+            self.problem = problem
+            self.failures = 1 if new else self.failures + 1
+            if new:
+                self.since = time.monotonic()
+        if new:
+            self._log.error("%s", problem)
+            self._events.emit(self._fail_event, problem=problem, **fields)
+        return new
+
+    def ok(self, message: str, **fields: Any) -> bool:
+        """Record a success; True (event emitted, logged) when it ends the fault."""
+        with self._lock:
+            if self.problem is None:
+                return False
+            lasted = time.monotonic() - (self.since or time.monotonic())
+            failures = self.failures
+            self.problem, self.since, self.failures = None, None, 0
+        self._log.info("%s (after %.1f s, %d failure(s))", message, lasted, failures)
+        self._events.emit(self._ok_event, message=message, lasted_s=round(lasted, 1), failures=failures, **fields)
+        return True

@@ -1,11 +1,18 @@
 """Local sinks: a JSONL result log and a one-line-per-result console view.
 
-JSONL (``sinks.jsonl``): one ``InspectionResult.to_json()`` per line, flushed after every line
-(a crash loses at most the line being written). Optional rotation by size: when the next line
-would make the file exceed ``max_bytes``, ``path`` becomes ``path.1`` (``path.1`` -> ``path.2``
-... up to ``backups``, the oldest deleted) and a new ``path`` is started. Write errors (disk
-full) are logged, counted in ``failed`` and retried on the next result (the file is reopened);
-they never raise.
+JSONL (``sinks.jsonl``): one ``InspectionResult.to_json()`` per line, written with one unbuffered
+``write`` (a crash loses at most the line being written). Rotated by size, by default: when the
+next line would make the file exceed ``max_bytes`` (100 MiB), ``path`` becomes ``path.1``
+(``path.1`` -> ``path.2`` ... up to ``backups``, 5, the oldest deleted) and a new ``path`` is
+started, so the log never takes more than about (backups + 1) x max_bytes (at 30 fps a result
+line of ~600 bytes is ~1.6 GB a day: unrotated, it fills a Jetson's eMMC in days).
+
+Disk trouble (a full disk, a read-only remount, an I/O error) never raises and never blocks the
+other sinks: the result is counted (``failed``, ``write_errors``), the first failure is logged at
+ERROR and reported as the event ``disk_error`` with the OS error, and the problem stays in
+``stats()["health_problems"]``. Every later result retries (the file is reopened); a short write
+is cut off again (the file is truncated to its last complete line) so no half line is ever
+followed by the next one; the first success ends the fault (event ``disk_ok``).
 
 Console (``sinks.console``): one line per result on stdout (journald under systemd), e.g.::
 
@@ -15,6 +22,7 @@ Console (``sinks.console``): one line per result on stdout (journald under syste
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -25,18 +33,22 @@ from typing import Any, TextIO
 
 from ..checks import Section
 from ..results import InspectionResult
-from .base import Counters, RateLimitedLog
+from .base import Counters, EventQueue, Fault, RateLimitedLog
+from .disk import describe_write_error
 
 log = logging.getLogger("edge.sinks.files")
 
 JSONL_KEYS = ("enabled", "path", "max_bytes", "backups", "only_rejects", "fsync")
 CONSOLE_KEYS = ("enabled", "only_rejects", "color")
+DEFAULT_MAX_BYTES = 100 << 20
+MAX_BYTES = 1 << 40   # 1 TiB: no sane log file is larger
+MAX_BACKUPS = 100
 
 
 @dataclass(frozen=True)
 class JsonlConfig:
     path: str
-    max_bytes: int | None = None  # None: no rotation
+    max_bytes: int = DEFAULT_MAX_BYTES  # rotate before the file would grow past this
     backups: int = 5
     only_rejects: bool = False
     fsync: bool = False           # fsync after every line (power-cut safe, slower)
@@ -51,8 +63,8 @@ class ConsoleConfig:
 def parse_jsonl_config(d: Any, key: str = "sinks.jsonl") -> JsonlConfig:
     s = Section(d, key, JSONL_KEYS)
     return JsonlConfig(path=s.str("path", required=True),
-                       max_bytes=s.int("max_bytes", 1024, 2 ** 50, default=None),
-                       backups=s.int("backups", 0, 1000, default=5),
+                       max_bytes=s.int("max_bytes", 1024, MAX_BYTES, default=DEFAULT_MAX_BYTES),
+                       backups=s.int("backups", 0, MAX_BACKUPS, default=5),
                        only_rejects=s.bool("only_rejects", False),
                        fsync=s.bool("fsync", False))
 
@@ -69,56 +81,85 @@ class JsonlSink:
     def __init__(self, cfg: JsonlConfig):
         self.cfg = cfg
         self.path = Path(os.path.expanduser(cfg.path))
-        self._c = Counters("published", "failed", "rotations", "skipped")
+        self._c = Counters("published", "failed", "rotations", "skipped", "write_errors")
         self._rl = RateLimitedLog(log, 30.0)
+        self._events = EventQueue("jsonl")
+        self._fault = Fault(self._events, "disk_error", "disk_ok", log)
         self._lock = threading.Lock()
         self._f = None
         self._size = 0
+        self._good_size = 0  # bytes of complete lines in the current file
+        self._dirty = False  # a write failed: the file may end with part of a line
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open()
         except OSError as exc:  # at start-up a clear error beats a silent log
             raise ValueError(f"sinks.jsonl.path: cannot open {self.path} for appending: {exc}") from exc
-        log.info("jsonl: appending results to %s%s", self.path,
-                 f" (rotating at {cfg.max_bytes} bytes, {cfg.backups} backups)" if cfg.max_bytes else "")
+        log.info("jsonl: appending results to %s (rotating at %d bytes, %d backups)", self.path, cfg.max_bytes,
+                 cfg.backups)
 
     def _open(self) -> None:
-        self._f = open(self.path, "a", encoding="utf-8")
-        self._size = self._f.tell()
+        f = open(self.path, "ab", buffering=0)  # one write() per line: a short write is seen, not buffered
+        try:
+            size = f.seek(0, os.SEEK_END)
+            if self._dirty and size > self._good_size:
+                f.truncate(self._good_size)  # cut the part of a line a failed write left
+                size = self._good_size
+            elif size and not self._dirty and _last_byte(self.path) != b"\n":
+                size += f.write(b"\n")  # a line cut off by a crash before us: our first line stays whole
+        except BaseException:
+            f.close()
+            raise
+        self._f, self._size, self._good_size, self._dirty = f, size, size, False
 
     def publish(self, result: InspectionResult, heatmap_jpeg: bytes | None = None) -> None:
         if self.cfg.only_rejects and result.decision == "pass":
             self._c.inc("skipped")
             return
         try:
-            line = result.to_json() + "\n"
+            data = (result.to_json() + "\n").encode("utf-8")
         except Exception as exc:
             self._c.inc("failed")
             log.error("jsonl: result seq %s could not be serialised: %s", getattr(result, "seq", "?"), exc)
             return
-        data = line.encode("utf-8")
         with self._lock:
             if self._closed:
                 self._c.inc("failed")
                 log.error("jsonl: result seq %s after close: not written", result.seq)
                 return
             try:
-                if self._f is None:
-                    self._open()
-                if self.cfg.max_bytes and self._size and self._size + len(data) > self.cfg.max_bytes:
-                    self._rotate()
-                self._f.write(line)
-                self._f.flush()
-                if self.cfg.fsync:
-                    os.fsync(self._f.fileno())
-                self._size += len(data)
-                self._c.inc("published")
+                self._write_line(data)
             except OSError as exc:
-                self._c.inc("failed")
-                self._rl("write", logging.ERROR, "jsonl: writing result seq %s to %s failed: %s", result.seq,
-                         self.path, exc)
-                self._drop_handle()
+                self._write_failed(exc, result.seq)
+                return
+            self._c.inc("published")
+            self._fault.ok(f"jsonl: writing {self.path} works again", path=str(self.path),
+                           write_errors=self._c["write_errors"])
+
+    def _write_line(self, data: bytes) -> None:
+        if self._f is None:
+            self._open()
+        if self._size and self._size + len(data) > self.cfg.max_bytes:
+            self._rotate()
+        self._dirty = True  # until the whole line is written
+        n = self._f.write(data)
+        if n != len(data):
+            raise OSError(errno.ENOSPC, f"No space left on device (short write: {n or 0} of {len(data)} bytes)")
+        if self.cfg.fsync:
+            os.fsync(self._f.fileno())
+        self._size += n
+        self._good_size, self._dirty = self._size, False
+
+    def _write_failed(self, exc: OSError, seq) -> None:
+        self._c.inc("failed")
+        self._c.inc("write_errors")
+        condition, detail = describe_write_error(exc, self.path)
+        problem = (f"jsonl: {condition}: writing {self.path} fails ({detail}); results are not logged to the "
+                   f"file until it works again")
+        if not self._fault.fail(problem, path=str(self.path), error=detail, condition=condition, seq=seq):
+            self._rl("write", logging.ERROR, "jsonl: writing result seq %s to %s failed: %s", seq, self.path, detail)
+        self._drop_handle()
 
     def _drop_handle(self) -> None:
         try:
@@ -147,9 +188,13 @@ class JsonlSink:
     def publish_status(self, status: dict) -> None:
         pass  # the file holds results only (one schema per line)
 
+    def drain_events(self) -> list[dict]:
+        return self._events.drain()
+
     def stats(self) -> dict:
         c = self._c.snapshot()
         c["bytes"] = self._size
+        c["health_problems"] = [self._fault.problem] if self._fault.problem else []
         return c
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -159,11 +204,16 @@ class JsonlSink:
             self._closed = True
             if self._f is not None:
                 try:
-                    self._f.flush()
                     os.fsync(self._f.fileno())
                 except OSError as exc:
                     log.error("jsonl: final flush of %s failed: %s", self.path, exc)
                 self._drop_handle()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 _COLORS = {"reject": "\033[1;31m", "pass": "\033[32m", "no_decision": "\033[33m"}

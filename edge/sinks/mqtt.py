@@ -1,19 +1,28 @@
 """MQTT sink: every result to ``<prefix>/result`` (QoS 1) through an on-disk outbox, reject
 heatmaps to ``<prefix>/heatmap/<seq>``, and a retained ``<prefix>/status`` with a last will.
 
-Topics, payloads and delivery semantics are documented in docs/results.md.
+Topics, payloads and delivery semantics are documented in docs/results.md; the configuration and
+the credential checks are in edge/sinks/mqtt_config.py.
 
 Threads:
 * the daemon's sink thread calls :meth:`MqttSink.publish`: it only appends to the SQLite outbox
-  (sub-millisecond with the default ``synchronous: normal``) and wakes the sender;
+  (sub-millisecond with the default ``synchronous: normal``) and wakes the sender. When the
+  outbox cannot be written (a full disk), the message waits in memory instead (edge/sinks/spool.py);
 * paho's network thread (``loop_start``): connect (``connect_async``), automatic reconnect with
   exponential backoff (``reconnect_delay_set``), keepalive, PUBACKs. Its callbacks only set
   flags and append to a deque (``on_publish`` runs under paho's message lock, so it must not
   wait for anything of ours);
 * the sender thread (ours): while connected, claims up to ``inflight`` rows from the outbox in
-  order, publishes them with QoS 1 and deletes each row when its PUBACK arrives. After a
+  order, publishes them with QoS 1 and deletes each row when its PUBACK arrives; once no outbox
+  row waits, it publishes the messages waiting in memory (counted ``direct_publishes``). After a
   reconnect, paho re-sends the messages that were in flight when the connection dropped (in
-  order); new rows wait until those are acknowledged, so the broker sees results in order.
+  order); new rows wait until those are acknowledged, so the broker sees results in order. If
+  paho has not re-sent them within max(10 s, 2 x keepalive), the sender publishes them again
+  itself, in their original order (``republished``).
+
+Health (``stats()["health_problems"]``) and events (``drain_events()``): the outbox cannot be
+written (``outbox_write_failed`` / ``outbox_ok``), results lost (``results_lost``), a username
+sent without TLS (``mqtt_credentials_without_tls``).
 
 paho-mqtt (>= 2.0) is imported when a sink is created, not by ``import edge.sinks``.
 """
@@ -22,145 +31,25 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from ..checks import Checker, Section, join
 from ..results import InspectionResult
-from .base import Counters, RateLimitedLog
-from .outbox import Outbox, OutboxError
+from .base import Counters, EventQueue, RateLimitedLog
+from .mqtt_config import (DEFAULT_PORT, DEFAULT_TLS_PORT, MQTT_KEYS, OUTBOX_KEYS, TLS_KEYS,  # noqa: F401 (re-exported)
+                          TOPIC_ROOT, MqttConfig, TlsConfig, credentials_in_clear, parse_mqtt_config)
+from .outbox import OutboxError, Row
+from .spool import Message, Spool
 
 log = logging.getLogger("edge.sinks.mqtt")
 
-DEFAULT_PORT = 1883
-DEFAULT_TLS_PORT = 8883
-TOPIC_ROOT = "rgbd-edge"
-MQTT_KEYS = ("enabled", "host", "port", "client_id", "topic_prefix", "qos", "keepalive", "tls", "username",
-             "password_file", "heatmaps", "outbox", "inflight", "reconnect_min_s", "reconnect_max_s")
-TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure")
-OUTBOX_KEYS = ("path", "max_messages", "synchronous")
 COUNTERS = ("published", "heatmaps_published", "failed", "dropped_overflow", "connect_failures", "connects",
             "disconnects", "status_published", "outbox_errors", "lost", "rejected", "results_in", "heatmaps_in",
-            "heatmaps_skipped", "republished")
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    ca_file: str | None = None    # None: the system CA store
-    cert_file: str | None = None  # client certificate (mutual TLS)
-    key_file: str | None = None
-    insecure: bool = False        # skip the host name check (the chain is still verified)
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str
-    port: int = DEFAULT_PORT
-    client_id: str = ""
-    topic_prefix: str = ""
-    qos: int = 1
-    keepalive: int = 30
-    tls: TlsConfig | None = None
-    username: str | None = None
-    password_file: str | None = None
-    password: str | None = field(default=None, repr=False)  # read from password_file, never from the config
-    heatmaps: bool = True
-    outbox_path: str = "outbox.sqlite"
-    outbox_max_messages: int = 10000
-    outbox_synchronous: str = "normal"
-    inflight: int = 20
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-
-    @property
-    def result_topic(self) -> str:
-        return f"{self.topic_prefix}/result"
-
-    @property
-    def status_topic(self) -> str:
-        return f"{self.topic_prefix}/status"
-
-    def heatmap_topic(self, seq: int) -> str:
-        return f"{self.topic_prefix}/heatmap/{seq}"
-
-
-def _check_file(s: Section, name: str) -> str:
-    p = Path(os.path.expanduser(s.str(name)))
-    if not p.is_file():
-        raise s.fail(name, f"file not found: {p}")
-    if not os.access(p, os.R_OK):
-        raise s.fail(name, f"file not readable: {p}")
-    return str(p)
-
-
-def _check_topic(s: Section, name: str, default: str) -> str:
-    prefix = s.str(name, default)
-    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
-        raise s.fail(name, f"not a valid topic prefix (no wildcards + #, no leading/trailing or double '/'): "
-                           f"{prefix!r}")
-    return prefix
-
-
-def _read_password(s: Section, username: str | None) -> tuple[str | None, str | None]:
-    """(password_file, password) from ``password_file``; (None, None) without one."""
-    if not s.has("password_file"):
-        return None, None
-    if username is None:
-        raise s.fail("password_file", "given without username")
-    password_file = _check_file(s, "password_file")
-    try:
-        password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise s.fail("password_file", f"cannot read {password_file}: {exc}") from exc
-    if not password:
-        raise s.fail("password_file", f"{password_file} is empty")
-    return password_file, password
-
-
-def parse_mqtt_config(d: Any, device_id: str, key: str = "sinks.mqtt") -> MqttConfig:
-    """Check ``sinks.mqtt`` and read the password file. A CheckError (a ValueError) names the key (and file)."""
-    if isinstance(d, dict) and "password" in d:
-        raise Checker().fail(join(key, "password"), "unknown key: the password is never read from the configuration; "
-                                                    "put it in a file readable only by the service and name it "
-                                                    "in password_file")
-    s = Section(d, key, MQTT_KEYS)
-    host = s.str("host", required=True)
-    tls = None
-    if s.d.get("tls") not in (None, False):
-        t = Section({} if s.d["tls"] is True else s.d["tls"], f"{key}.tls", TLS_KEYS)
-        files = {k: _check_file(t, k) if t.has(k) else None for k in ("ca_file", "cert_file", "key_file")}
-        if files["key_file"] and not files["cert_file"]:
-            raise t.fail("key_file", "given without cert_file")
-        tls = TlsConfig(insecure=t.bool("insecure", False), **files)
-    port = s.int("port", 1, 65535, default=DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
-    username = s.str("username")
-    password_file, password = _read_password(s, username)
-    outbox = s.d.get("outbox")
-    o = Section({"path": outbox} if isinstance(outbox, str) else outbox, f"{key}.outbox", OUTBOX_KEYS)
-    rmin = s.number("reconnect_min_s", 0.0, 3600.0, default=1.0, lo_open=True)
-    rmax = s.number("reconnect_max_s", 0.0, 3600.0, default=60.0, lo_open=True)
-    if rmax < rmin:
-        raise s.fail("reconnect_max_s", f"must be >= reconnect_min_s ({rmin:g}), got {rmax:g}")
-    return MqttConfig(
-        host=host, port=port,
-        client_id=s.str("client_id", device_id),
-        topic_prefix=_check_topic(s, "topic_prefix", f"{TOPIC_ROOT}/{device_id}"),
-        qos=s.choice("qos", (0, 1, 2), 1),
-        keepalive=s.int("keepalive", 5, 3600, default=30),
-        tls=tls, username=username, password_file=password_file, password=password,
-        heatmaps=s.bool("heatmaps", True),
-        outbox_path=o.str("path", "outbox.sqlite"),
-        outbox_max_messages=o.int("max_messages", 1, 10_000_000, default=10000),
-        outbox_synchronous=o.choice("synchronous", ("normal", "full"), "normal"),
-        inflight=s.int("inflight", 1, 1000, default=20),
-        reconnect_min_s=rmin, reconnect_max_s=rmax,
-    )
+            "heatmaps_skipped", "republished", "outbox_write_errors", "direct_publishes", "results_lost",
+            "heatmaps_lost")
 
 
 def _import_paho():
@@ -179,14 +68,26 @@ def _short(exc: BaseException) -> str:
 
 
 @dataclass
+class _Pending:
+    """One message handed to paho and not yet acknowledged."""
+
+    row_id: int | None      # its outbox row; None for a message from memory
+    gen: int                # the connection generation it was sent on
+    kind: str               # result | heatmap
+    msg: Message | None = None  # the message itself when it came from memory
+
+
+@dataclass
 class _SendState:
     """The sender thread's bookkeeping (only that thread touches it)."""
 
-    pending: dict[int, tuple[int, int, str]] = field(default_factory=dict)  # mid -> (row id, connection generation, kind)
+    pending: dict[int, _Pending] = field(default_factory=dict)  # mid -> message, in the order sent
     cursor: int = 0  # highest row id handed to paho
     gen_seen: int = 0  # the connection generation last announced with an online status
     status_seen: int = 0  # the status generation last published
     stale_deadline: float | None = None  # until then, rows from before a reconnect wait for paho's re-send
+    undeleted: list[int] = field(default_factory=list)  # acknowledged rows the outbox could not delete yet
+    next_delete_try: float = 0.0
 
 
 class MqttSink:
@@ -201,11 +102,13 @@ class MqttSink:
         self.device_id = device_id
         self._c = Counters(*COUNTERS)
         self._rl = RateLimitedLog(log, 30.0)
-        self._outbox = Outbox(cfg.outbox_path, cfg.outbox_max_messages, cfg.outbox_synchronous)
+        self._events = EventQueue("mqtt")
+        self._connected = False
+        self._spool = Spool(cfg, self._c, self._events, lambda: self._connected)
+        self._outbox = self._spool.outbox
         self._window = max(1, min(cfg.inflight, cfg.outbox_max_messages // 2 or 1))
         self._wake = threading.Event()
         self._acks: collections.deque = collections.deque()
-        self._connected = False
         self._conn_gen = 0  # incremented by every successful CONNACK
         self._last_error: str | None = None
         self._last_status: dict | None = None
@@ -215,8 +118,28 @@ class MqttSink:
         self._stop = False
         self._closed = False
         self._inflight_n = 0
-        self._busy = False  # rows claimed and not yet acknowledged (for flush waits)
+        self._busy = False  # messages handed over and not yet acknowledged (for flush waits)
+        self._st = _SendState()
+        self._clear_credentials = credentials_in_clear(cfg)
+        try:
+            self._client = self._make_client()
+            self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+            self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+            self._client.loop_start()
+        except ValueError:
+            self._outbox.close()
+            raise
+        except Exception as exc:
+            self._outbox.close()
+            raise RuntimeError(f"MQTT client could not start: {_short(exc)}") from exc
+        self._sender.start()
+        self._warn_clear_credentials()
+        log.info("mqtt: %s:%d%s as %r, topics %s/{result,status,heatmap/<seq>}, outbox %s (max %d messages, %d "
+                 "bytes; %d queued)", cfg.host, cfg.port, " (TLS)" if cfg.tls else "", cfg.client_id, cfg.topic_prefix,
+                 cfg.outbox_path, cfg.outbox_max_messages, cfg.outbox_max_bytes, len(self._outbox))
 
+    def _make_client(self):
+        mqtt, cfg = self._mqtt, self.cfg
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True,
                         protocol=mqtt.MQTTv311)
         self._paho_error: str | None = None
@@ -236,7 +159,6 @@ class MqttSink:
                           keyfile_password="" if t.cert_file else None,
                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             except (ssl.SSLError, OSError, ValueError) as exc:
-                self._outbox.close()
                 raise ValueError(f"sinks.mqtt.tls: cannot load the certificates (ca_file={t.ca_file}, "
                                  f"cert_file={t.cert_file}, key_file={t.key_file}): {_short(exc)}") from exc
             if t.insecure:
@@ -247,61 +169,44 @@ class MqttSink:
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
-        self._client = c
-        self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
-        try:
-            c.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
-            c.loop_start()
-        except Exception as exc:
-            self._outbox.close()
-            raise RuntimeError(f"MQTT client could not start: {_short(exc)}") from exc
-        self._sender.start()
-        log.info("mqtt: %s:%d%s as %r, topics %s/{result,status,heatmap/<seq>}, outbox %s (max %d, %d queued)",
-                 cfg.host, cfg.port, " (TLS)" if cfg.tls else "", cfg.client_id, cfg.topic_prefix, cfg.outbox_path,
-                 cfg.outbox_max_messages, len(self._outbox))
+        return c
+
+    def _warn_clear_credentials(self) -> None:
+        if not self._clear_credentials:
+            return
+        log.warning("mqtt: username %r and its password are sent WITHOUT TLS to %s:%d: anyone on that network can "
+                    "read them. Configure sinks.mqtt.tls (the broker needs a TLS listener); running anyway",
+                    self.cfg.username, self.cfg.host, self.cfg.port)
+        self._events.emit("mqtt_credentials_without_tls", host=self.cfg.host, port=self.cfg.port,
+                          username=self.cfg.username)
 
     # ------------------------------------------------------------------ Sink API
 
     def publish(self, result: InspectionResult, heatmap_jpeg: bytes | None = None) -> None:
-        """Append the result (and its heatmap) to the outbox; the sender thread does the rest."""
+        """Queue the result (and its heatmap): the outbox, or memory while it cannot be written;
+        the sender thread does the rest."""
         self._c.inc("results_in")
-        if self._closed:
-            self._c.inc("lost")
-            self._c.inc("failed")
-            log.error("mqtt: result seq %s arrived after close: NOT published", getattr(result, "seq", "?"))
-            return
-        try:
-            payload = result.to_json()
-        except Exception as exc:  # a bug upstream (e.g. a non-JSON value): count, never raise
-            self._c.inc("lost")
-            self._c.inc("failed")
-            log.error("mqtt: result seq %s could not be serialised: %s", getattr(result, "seq", "?"), _short(exc))
-            return
-        self._append(self.cfg.result_topic, payload, "result", result.seq)
         if heatmap_jpeg is not None:
             self._c.inc("heatmaps_in")
+        seq = getattr(result, "seq", None)
+        if self._closed:
+            self._spool.lose([Message("", b"", "result", seq)], "a result arrived after close")
+            log.error("mqtt: result seq %s arrived after close: NOT published", seq)
+            return
+        try:
+            payload = result.to_json().encode("utf-8")
+        except Exception as exc:  # a bug upstream (e.g. a non-JSON value): count, never raise
+            self._spool.lose([Message("", b"", "result", seq)], "the result could not be serialised")
+            log.error("mqtt: result seq %s could not be serialised: %s", seq, _short(exc))
+            return
+        msgs = [Message(self.cfg.result_topic, payload, "result", seq)]
+        if heatmap_jpeg is not None:
             if self.cfg.heatmaps:
-                self._append(self.cfg.heatmap_topic(result.seq), bytes(heatmap_jpeg), "heatmap", result.seq)
+                msgs.append(Message(self.cfg.heatmap_topic(seq), bytes(heatmap_jpeg), "heatmap", seq))
             else:
                 self._c.inc("heatmaps_skipped")
+        self._spool.put(msgs)
         self._wake.set()
-
-    def _append(self, topic: str, payload, kind: str, seq: int) -> None:
-        try:
-            _, dropped = self._outbox.append(topic, payload, kind)
-        except OutboxError as exc:
-            self._c.inc("outbox_errors")
-            self._c.inc("failed")
-            self._c.inc("lost")
-            self._last_error = str(exc)
-            self._rl("outbox", logging.ERROR, "mqtt: %s %s NOT queued (outbox write failed): %s", kind, seq, exc)
-            return
-        if dropped:
-            self._c.inc("dropped_overflow", dropped)
-            self._rl("overflow", logging.ERROR,
-                     "mqtt: outbox full (max_messages %d, broker %s): dropped the %d oldest message(s); "
-                     "%d dropped in total", self.cfg.outbox_max_messages,
-                     "connected" if self._connected else "unreachable", dropped, self._outbox.dropped_overflow)
 
     def publish_status(self, status: dict) -> None:
         """Retained on ``<prefix>/status`` (latest wins); re-sent on every (re)connect."""
@@ -309,26 +214,52 @@ class MqttSink:
         self._status_gen += 1
         self._wake.set()
 
+    def drain_events(self) -> list[dict]:
+        """Events since the last call (see the module docstring); the daemon publishes them."""
+        self._spool.flush_lost_event()
+        return self._events.drain()
+
+    def health_problems(self) -> list[str]:
+        out = []
+        p = self._spool.problem()
+        if p is not None:
+            out.append(p)
+        if self._clear_credentials:
+            out.append(f"mqtt: username and password sent without TLS to {self.cfg.host}:{self.cfg.port}")
+        return out
+
     def stats(self) -> dict:
         c = self._c.snapshot()
-        c["dropped_overflow"] = self._outbox.dropped_overflow
-        c["dropped_overflow_heatmaps"] = self._outbox.dropped_by_kind.get("heatmap", 0)
-        c["queued"] = len(self._outbox)
+        ob, sp = self._outbox, self._spool
+        c["dropped_overflow"] = ob.dropped_overflow
+        c["dropped_overflow_heatmaps"] = ob.dropped_by_kind.get("heatmap", 0)
+        c["queued"] = len(ob)
+        c["queued_bytes"] = ob.bytes
+        c["outbox_file_bytes"] = ob.file_bytes()
+        c["outbox_writable"] = not sp.fault.active
+        c["memory_queued"] = len(sp.memory)
+        c["memory_inflight"] = sp.memory_inflight
         c["inflight"] = self._inflight_n
         c["connected"] = self._connected
-        c["last_error"] = self._last_error
-        age = self._outbox.oldest_age_s() if c["queued"] else None
+        c["last_error"] = self._last_error or sp.last_error
+        age = ob.oldest_age_s() if c["queued"] else None
         c["oldest_queued_s"] = None if age is None else round(age, 1)
+        c["events_dropped"] = self._events.dropped
+        c["health_problems"] = self.health_problems()
         return c
 
+    def _backlog(self) -> int:
+        """Messages still to be sent: outbox rows (not those delivered but not deleted yet) and memory."""
+        return max(0, len(self._outbox) - len(self._st.undeleted)) + len(self._spool.memory)
+
     def wait_idle(self, timeout_s: float) -> bool:
-        """Block until the outbox is empty and nothing is in flight (True) or the timeout (False)."""
+        """Block until nothing waits to be sent and nothing is in flight (True) or the timeout (False)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if len(self._outbox) == 0 and not self._busy:
+            if self._backlog() == 0 and not self._busy:
                 return True
             time.sleep(0.02)
-        return len(self._outbox) == 0 and not self._busy
+        return self._backlog() == 0 and not self._busy
 
     @property
     def connected(self) -> bool:
@@ -337,13 +268,14 @@ class MqttSink:
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what can be sent within ``timeout_s`` (while connected), publish the retained
         ``offline`` status (a clean disconnect does not fire the last will), disconnect. Rows
-        not acknowledged stay in the outbox for the next start."""
+        not acknowledged stay in the outbox for the next start; messages in memory are written
+        there if it takes them now, else counted lost."""
         if self._closed:
             return
         deadline = time.monotonic() + max(0.0, timeout_s)
         self._closing = True
         self._wake.set()
-        while (self._connected and (len(self._outbox) or self._busy or self._status_sent != self._status_gen)
+        while (self._connected and (self._backlog() or self._busy or self._status_sent != self._status_gen)
                and time.monotonic() < deadline):  # results, then the daemon's final status
             time.sleep(0.02)
         self._stop = True
@@ -364,23 +296,22 @@ class MqttSink:
         self._client.loop_stop()  # also ends a pending reconnect (backoff sleeps in <= 1 s steps)
         self._plog.removeFilter(self._paho_log_filter)
         self._closed = True
+        unacked = [p.msg for p in self._st.pending.values() if p.msg is not None]
+        saved, lost = self._spool.close(unacked)
         left = len(self._outbox)
-        self._outbox.close()
         st = self._c.snapshot()
-        (log.warning if left else log.info)(
-            "mqtt: closed: %d result(s) published, %d message(s) left in the outbox %s (sent on the next start), "
-            "%d dropped by overflow", st["published"], left, self.cfg.outbox_path, self._outbox.dropped_overflow)
+        (log.warning if left or lost else log.info)(
+            "mqtt: closed: %d result(s) published (%d directly, without the outbox), %d message(s) left in the outbox "
+            "%s (sent on the next start; %d of them moved there from memory), %d dropped by overflow, %d lost",
+            st["published"], st["direct_publishes"], left, self.cfg.outbox_path, saved, self._outbox.dropped_overflow,
+            st["lost"])
 
     # ------------------------------------------------------------------ payloads
-
-    def _outbox_info(self) -> dict:
-        return {"queued": len(self._outbox), "dropped_overflow": self._outbox.dropped_overflow,
-                "max_messages": self.cfg.outbox_max_messages}
 
     def _online_payload(self) -> bytes:
         base = dict(self._last_status or {})
         base.update({"device_id": base.get("device_id", self.device_id), "online": True,
-                     "state": base.get("state", "online"), "ts": time.time(), "outbox": self._outbox_info()})
+                     "state": base.get("state", "online"), "ts": time.time(), "outbox": self._spool.info()})
         return json.dumps(base, separators=(",", ":"), default=str).encode()
 
     def _offline_payload(self, reason: str) -> bytes:
@@ -389,7 +320,7 @@ class MqttSink:
             d["ts"] = time.time()
             if self._last_status:
                 d["last_state"] = self._last_status.get("state")
-            d["outbox"] = self._outbox_info()
+            d["outbox"] = self._spool.info()
         return json.dumps(d, separators=(",", ":"), default=str).encode()
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
@@ -456,6 +387,7 @@ class MqttSink:
         self._acks.append((mid, bool(getattr(reason_code, "is_failure", False)), str(reason_code)))
         self._wake.set()
 
+
     # ------------------------------------------------------------------ sender thread
 
     def _run(self) -> None:
@@ -468,11 +400,12 @@ class MqttSink:
     def _sender_loop(self) -> None:
         """Woken by acks, connections, new rows and status changes (or every 0.5 s): delete what the
         broker acknowledged, announce a new connection, then fill the in-flight window in order."""
-        st = _SendState()
+        st = self._st
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
-            self._take_acks(st.pending)
+            self._take_acks(st)
+            self._retry_deletes(st)
             self._note_inflight(st.pending)
             if self._stop:
                 return
@@ -488,32 +421,47 @@ class MqttSink:
         self._inflight_n = len(pending)
         self._busy = bool(pending)
 
-    def _take_acks(self, pending: dict[int, tuple[int, int, str]]) -> None:
+    def _take_acks(self, st: _SendState) -> None:
         """Acknowledged rows leave the outbox; a message the broker refused is counted, not retried."""
         done, kinds = [], []
         while self._acks:
             mid, failed, why = self._acks.popleft()
-            entry = pending.pop(mid, None)
+            entry = st.pending.pop(mid, None)
             if entry is None:
-                continue  # a status message, or a row already given up on
+                continue  # a status message, or a message already given up on
             if failed:  # MQTT 5 brokers may refuse a message (e.g. not authorised): retrying cannot help
                 self._c.inc("rejected")
                 self._c.inc("failed")
-                self._rl("rejected", logging.ERROR, "mqtt: broker refused a %s message: %s", entry[2], why)
-            done.append(entry[0])
-            kinds.append((entry[2], failed))
-        if not done:
-            return
-        try:
-            self._outbox.delete(done)
-        except OutboxError as exc:  # the rows will be sent again (duplicates, not losses)
-            self._c.inc("outbox_errors")
-            self._rl("outbox-del", logging.ERROR, "mqtt: %s", exc)
+                self._rl("rejected", logging.ERROR, "mqtt: broker refused a %s message: %s", entry.kind, why)
+            if entry.msg is not None:
+                self._spool.memory_acked(entry.msg, failed)
+            else:
+                done.append(entry.row_id)
+            kinds.append((entry.kind, failed))
         for kind, failed in kinds:
             if not failed:
                 self._c.inc("heatmaps_published" if kind == "heatmap" else "published")
+        if done:
+            self._delete_rows(st, done)
 
-    def _send_status_if_due(self, st: "_SendState", gen: int) -> None:
+    def _delete_rows(self, st: _SendState, ids: list[int]) -> None:
+        """Delete delivered rows; on a full disk SQLite cannot delete either: they are kept aside and
+        retried (they are never sent again by this process; the next one would send them twice)."""
+        try:
+            self._outbox.delete(ids)
+        except OutboxError as exc:
+            self._c.inc("outbox_errors")
+            st.undeleted.extend(i for i in ids if i not in st.undeleted)
+            st.next_delete_try = time.monotonic() + 1.0
+            self._rl("outbox-del", logging.ERROR, "mqtt: %d delivered row(s) not deleted yet: %s", len(st.undeleted),
+                     exc)
+
+    def _retry_deletes(self, st: _SendState) -> None:
+        if st.undeleted and time.monotonic() >= st.next_delete_try:
+            ids, st.undeleted = st.undeleted, []
+            self._delete_rows(st, ids)
+
+    def _send_status_if_due(self, st: _SendState, gen: int) -> None:
         """The retained online status on a new connection or a status change. On a new connection,
         rows in flight from before wait (for a while) for paho's own re-send."""
         if gen != st.gen_seen:
@@ -527,12 +475,12 @@ class MqttSink:
             self._send_status(self._online_payload())
             self._status_sent = st.status_seen
 
-    def _awaiting_resend(self, st: "_SendState", gen: int) -> bool:
-        """True while rows from before the reconnect may still be re-sent by paho; past the deadline
-        they are released to be sent again from the start of the outbox."""
+    def _awaiting_resend(self, st: _SendState, gen: int) -> bool:
+        """True while messages from before the reconnect may still be re-sent by paho; past the
+        deadline the sender publishes them again itself, in their original order."""
         if st.stale_deadline is None:
             return False
-        if not any(g < gen for _, g, _ in st.pending.values()):
+        if not any(p.gen < gen for p in st.pending.values()):
             st.stale_deadline = None
             return False
         if time.monotonic() <= st.stale_deadline:
@@ -540,14 +488,33 @@ class MqttSink:
         log.warning("mqtt: %d message(s) from before the reconnect were not acknowledged; sending "
                     "them again", len(st.pending))
         self._c.inc("republished", len(st.pending))
+        old = list(st.pending.values())
         st.pending.clear()
-        self._outbox.release()
-        st.cursor = 0
         st.stale_deadline = None
+        try:
+            rows = self._outbox.get([p.row_id for p in old if p.msg is None])
+        except OutboxError as exc:
+            self._rl("outbox-read", logging.ERROR, "mqtt: %s", exc)
+            rows = {}
+        for p in old:
+            if p.msg is not None:
+                self._resend(st, gen, p.msg.topic, p.msg.payload, _Pending(None, gen, p.kind, p.msg))
+            elif p.row_id in rows:
+                r = rows[p.row_id]
+                self._resend(st, gen, r.topic, r.payload, _Pending(r.id, gen, r.kind))
         return False
 
-    def _fill_window(self, st: "_SendState", gen: int) -> None:
-        """Hand the next outbox rows to paho, in order, up to the in-flight window."""
+    def _resend(self, st: _SendState, gen: int, topic: str, payload: bytes, entry: _Pending) -> None:
+        mid = self._hand_over(topic, payload)
+        if isinstance(mid, int):
+            st.pending[mid] = entry
+        elif entry.msg is not None:
+            self._spool.memory_acked(entry.msg, True)
+            self._spool.lose([entry.msg], f"cannot be published again ({mid})")
+
+    def _fill_window(self, st: _SendState, gen: int) -> None:
+        """Hand the next outbox rows to paho, in order, up to the in-flight window; then, once no
+        row waits, the messages waiting in memory."""
         room = self._window - len(st.pending)
         if room <= 0:
             return
@@ -560,38 +527,57 @@ class MqttSink:
         for i, row in enumerate(rows):
             if not self._publish_row(row, st, gen):  # paho's window is full: later
                 self._outbox.release(r.id for r in rows[i:])
-                break
+                return
+        sent = len(rows)
+        if sent < room:
+            sent += self._spool.take_memory(st.cursor, room - sent, lambda m: self._publish_memory(m, st, gen))
         self._note_inflight(st.pending)
-        if len(rows) == room and rows:
+        if sent == room:
             self._wake.set()  # more may be waiting once acks come back
 
-    def _publish_row(self, row, st: "_SendState", gen: int) -> bool:
-        """Publish one outbox row; False when paho's queue is full (the row waits). A row that can
-        never be sent (too large, bad topic) is dropped, loudly."""
+    def _hand_over(self, topic: str, payload: bytes) -> int | str:
+        """paho's message id, or ``later`` (its queue is full), or why it can never be published."""
         mqtt = self._mqtt
         try:
-            info = self._client.publish(row.topic, row.payload, qos=self.cfg.qos, retain=False)
-            rc = info.rc
+            info = self._client.publish(topic, payload, qos=self.cfg.qos, retain=False)
         except Exception as exc:  # e.g. ValueError for a payload over the MQTT size limit
-            info, rc = None, exc
+            return _short(exc)
         # NO_CONN: paho keeps the message and sends it on connect
-        if info is not None and rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            st.pending[info.mid] = (row.id, gen, row.kind)
-            st.cursor = row.id
-            return True
-        if info is not None and rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return info.mid
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            return "later"
+        return f"rc {info.rc}"
+
+    def _publish_row(self, row: Row, st: _SendState, gen: int) -> bool:
+        """Publish one outbox row; False when paho's queue is full (the row waits). A row that can
+        never be sent (too large, bad topic) is dropped, loudly."""
+        mid = self._hand_over(row.topic, row.payload)
+        if mid == "later":
             return False
-        self._c.inc("rejected")
-        self._c.inc("failed")
-        self._c.inc("lost")
-        log.error("mqtt: %s message on %s (%d bytes) cannot be published (%s): dropped", row.kind,
-                  row.topic, len(row.payload), rc)
-        try:
-            self._outbox.delete([row.id])
-        except OutboxError:
-            pass
         st.cursor = row.id
+        if isinstance(mid, int):
+            st.pending[mid] = _Pending(row.id, gen, row.kind)
+            return True
+        self._c.inc("rejected")
+        self._spool.lose([Message(row.topic, b"", row.kind, None)], f"cannot be published ({mid})")
+        log.error("mqtt: %s message on %s (%d bytes) cannot be published (%s): dropped", row.kind,
+                  row.topic, len(row.payload), mid)
+        self._delete_rows(st, [row.id])
         return True
+
+    def _publish_memory(self, m: Message, st: _SendState, gen: int) -> str:
+        """``take_memory``'s hand-over: sent, later or bad (counted by the spool)."""
+        mid = self._hand_over(m.topic, m.payload)
+        if mid == "later":
+            return "later"
+        if isinstance(mid, int):
+            st.pending[mid] = _Pending(None, gen, m.kind, m)
+            return "sent"
+        self._c.inc("rejected")
+        log.error("mqtt: %s message on %s (%d bytes) cannot be published (%s): dropped", m.kind, m.topic,
+                  len(m.payload), mid)
+        return "bad"
 
     def _send_status(self, payload: bytes) -> None:
         try:
