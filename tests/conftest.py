@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import _data
-from small_disk import MOUNT_SKIP_REASON
 
 pytest_plugins = ("pytester",)  # tests/test_strict_skips.py runs pytest on tiny test files
 
@@ -107,7 +106,7 @@ def skip_allowed(item, reason: str) -> bool:
     if item.get_closest_marker("jetson") is not None:
         return True
     # A full-disk test needs a real tmpfs mount; where the machine cannot mount, it may skip, and only so.
-    if "small_disk" in getattr(item, "fixturenames", ()) and reason.startswith(MOUNT_SKIP_REASON):
+    if "small_disk" in getattr(item, "fixturenames", ()) and reason.startswith(_data.MOUNT_SKIP_REASON):
         return True
     path = _data.marked_path(item)
     return path is not None and not path.exists() and reason == _data.absent_reason(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-MOUNT_SKIP_REASON = "cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)"
+from _data import MOUNT_SKIP_REASON
 
 
 class SmallDisk:
