@@ -4,13 +4,14 @@ Steps: export the FP32 graphs (with torch/ONNX Runtime parity on real
 samples), lint them for TensorRT, quantise to INT8 Q/DQ (optional), derive
 thresholds per mode from normal validation samples, measure FP32 and INT8 on
 the labelled test split where there is one, and write bundle.yaml with the
-sha256 of every file. The runtime validates it with edge.bundle.load_bundle.
+sha256 of every graph. Then seal it (convert/package.py): manifest.sha256 over
+every file, bundle.yaml included, an Ed25519 bundle.sig with ``sign``, and the
+normalised BUNDLE_DIR.tar.gz. The runtime validates it with edge.bundle.load_bundle.
 """
 from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import tarfile
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,7 @@ from edge.digest import sha256_file
 from edge.modes import MODES
 
 from .export import export_run, parity_ok
+from .package import load_private_key, seal_bundle, write_archive
 from .train import load_run
 
 SCHEMA_VERSION = 1
@@ -58,10 +60,14 @@ def lint(paths) -> dict:
 
 def make_bundle(run_dir, data, out, int8: bool = True, target_frr: float = 0.01, pixel_fpr: float = 1e-3,
                 version: str | None = None, method: str = "auto", modes=MODES, tar: bool = True,
-                progress: bool = True) -> Path:
+                progress: bool = True, sign: str | Path | None = None) -> Path:
+    """Export, quantise, threshold and write the bundle ``out``; seal it (signed with the private key
+    file ``sign``, if given) and, with ``tar``, write ``out``.tar.gz beside it."""
     out = Path(out)
     if (out / "bundle.yaml").exists():
         raise FileExistsError(f"{out} already holds a bundle: choose another --out")
+    if sign is not None:
+        load_private_key(sign)  # a wrong key path fails now, not after the export and calibration
     _, params, run = load_run(run_dir)
     manifest = export_run(run_dir, out, modes=modes, check_data=data, progress=progress)
     for m in manifest["modes"].values():
@@ -126,12 +132,7 @@ def make_bundle(run_dir, data, out, int8: bool = True, target_frr: float = 0.01,
     (out / "export.json").unlink(missing_ok=True)  # folded into bundle.yaml
     doc["files"] = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "bundle.yaml"}
     (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-
-    from edge.bundle import load_bundle
-
-    load_bundle(out)  # what the Jetson will check, checked here first
+    seal_bundle(out, key=sign)  # checks it as the Jetson will
     if tar:
-        archive = out.parent / f"{out.name}.tar.gz"
-        with tarfile.open(archive, "w:gz") as tf:
-            tf.add(out, arcname=out.name)
+        write_archive(out)
     return out

@@ -1,4 +1,4 @@
-"""`rgbd-convert`: train, evaluate, export, lint, bundle (workstation) and build (Jetson)."""
+"""`rgbd-convert`: train, evaluate, export, lint, bundle, keygen, sign (workstation) and build (Jetson)."""
 from __future__ import annotations
 
 import argparse
@@ -88,7 +88,7 @@ def _cmd_bundle(a) -> int:
     from .bundle import make_bundle
 
     out = make_bundle(a.run, a.data, a.out, int8=not a.no_int8, target_frr=a.frr, version=a.version,
-                      method=a.method, tar=not a.no_tar, progress=not a.quiet)
+                      method=a.method, tar=not a.no_tar, progress=not a.quiet, sign=a.sign)
     from edge.bundle import bundle_summary, load_bundle
 
     print(bundle_summary(load_bundle(out)))
@@ -96,9 +96,50 @@ def _cmd_bundle(a) -> int:
     return 0
 
 
+def _cmd_keygen(a) -> int:
+    from .package import generate_key
+
+    priv, pub = generate_key(a.out)
+    print(f"private key {priv} (mode 0600: keep it on this workstation, never on a device)")
+    print(f"public key  {pub} (copy this one to the devices: /etc/rgbd-edge/keys/, listed in trusted_keys)")
+    return 0
+
+
+def _cmd_sign(a) -> int:
+    from edge.bundle import BundleError
+
+    from .package import seal_bundle, write_archive
+
+    try:
+        digest = seal_bundle(a.bundle, key=a.key)
+    except BundleError as exc:
+        raise ValueError(f"not signing {a.bundle}: {exc}") from exc
+    print(f"signed {a.bundle}: digest {digest}")
+    if not a.no_tar:
+        print(f"archive {write_archive(a.bundle)}")
+    return 0
+
+
 def _family_defaults(key: str) -> str:
     """"rd 16, dbrn 44": each trainer's own default, so the help cannot go stale."""
     return ", ".join(f"{name} {cls.defaults[key]}" for name, cls in sorted(TRAINERS.items(), reverse=True))
+
+
+def _add_signing(sub) -> None:
+    """`keygen` and `sign`: the workstation's half of signed bundles (docs/bundle.md)."""
+    k = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles",
+                       description="Write an Ed25519 private key (PEM, mode 0600) to KEY and its public key to "
+                                   "KEY.pub. Keep KEY on the signing workstation; copy only KEY.pub to devices.")
+    k.add_argument("--out", required=True, metavar="KEY", help="private key file (KEY.pub is written beside it)")
+    k.set_defaults(func=_cmd_keygen)
+
+    s = sub.add_parser("sign", help="(re)write a bundle's manifest and signature, and its archive",
+                       description="Write manifest.sha256 over every file of BUNDLE_DIR (bundle.yaml included) and "
+                                   "bundle.sig, the Ed25519 signature of its digest with KEY; then BUNDLE_DIR.tar.gz.")
+    s.add_argument("bundle", metavar="BUNDLE_DIR")
+    s.add_argument("--key", required=True, metavar="KEY", help="Ed25519 private key (rgbd-convert keygen)")
+    s.add_argument("--no-tar", action="store_true", help="do not (re)write BUNDLE_DIR.tar.gz")
+    s.set_defaults(func=_cmd_sign)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frr", type=float, default=0.01, help="target false-reject rate")
     b.add_argument("--version", help="model version string (default: date + data fingerprint)")
     b.add_argument("--no-tar", action="store_true")
+    b.add_argument("--sign", metavar="KEY", help="Ed25519 private key (rgbd-convert keygen): write bundle.sig, "
+                                                 "which devices with trusted_keys require")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bundle)
+
+    _add_signing(sub)
 
     from .check_trt import add_parser as add_check_trt
     from .trt_build import add_parser as add_build

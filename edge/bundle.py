@@ -1,18 +1,22 @@
 """Model bundles: the directory the workstation produces and the Jetson loads.
 
 A bundle is a directory holding ``bundle.yaml`` (schema_version 1, described in
-docs/bundle.md) and the ONNX graphs it names. ``load_bundle`` reads and checks
-the manifest completely before the runtime touches a graph: every problem is a
-``BundleError`` whose message names the manifest, the offending key as a dotted
-path (``modes.rgb.threshold.score``) or the offending file.
+docs/bundle.md), the ONNX graphs it names, ``manifest.sha256`` (the sha256 of every file,
+bundle.yaml included: edge/manifest.py) and, when signed, ``bundle.sig`` (edge/signing.py).
+``load_bundle`` checks the signature (when trusted keys are given) and the manifest before it
+parses bundle.yaml, then reads and checks bundle.yaml completely before the runtime touches a
+graph: every problem is a ``BundleError`` whose message names the file, the offending key as a
+dotted path (``modes.rgb.threshold.score``) or the offending file.
 
-The writer lives in ``convert/``; this module only reads. It imports the standard
-library and yaml only (never torch, onnx or onnxruntime).
+The writer lives in ``convert/``; this module only reads. It imports the standard library
+and yaml only (never torch, onnx or onnxruntime; `cryptography` only when a signature is
+verified).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import os
 import re
 import sys
@@ -22,11 +26,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from .checks import CheckError, Checker, describe, join, load_yaml
-from .digest import sha256_file
+from .digest import sha256_bytes, sha256_file
+from .manifest import (BUNDLE_FILE, MANIFEST_FILE, Integrity, ManifestError, check_listed_bytes, check_sealed_files,
+                       legacy_digest, read_integrity, read_limited)
 from .modes import MODE_INPUTS, MODES
 from .preprocess import PreprocessParams
+from .signing import SIGNATURE_FILE, SignatureError, TrustedKey, load_trusted_keys
 
-BUNDLE_FILE = "bundle.yaml"
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # a warning reaches the daemon's log, never a bare stderr line
+
 SCHEMA_VERSION = 1
 
 OUTPUTS: tuple[str, ...] = ("anomaly_map", "score")
@@ -45,6 +54,9 @@ _ENGINES_KEYS = ("dir",)
 _PROVENANCE_REQUIRED = ("created", "code_version", "training_data_fingerprint")
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_BUNDLE_YAML_BYTES = 16 << 20  # read into memory once, hashed and parsed from the same bytes
+
+INTEGRITY = ("signed", "manifest", "legacy")
 
 
 # --------------------------------------------------------------------------- errors
@@ -119,6 +131,10 @@ class Bundle:
     model_family: str | None = None
     engines_dir: Path | None = None  # absolute; None when bundle.yaml has no `engines`
     hashes_verified: bool = False   # True when load_bundle checked every listed sha256
+    digest: str = ""                # sha256 of the canonical file manifest: names exactly these files
+    integrity: str = "legacy"       # signed | manifest | legacy (no manifest.sha256), see docs/bundle.md
+    signed_by: TrustedKey | None = None  # the trusted key whose signature verified (integrity "signed")
+    warnings: tuple[str, ...] = ()  # what the loader warned about (also logged)
 
     @property
     def manifest(self) -> Path:
@@ -333,8 +349,23 @@ def _find_manifest(path: str | os.PathLike) -> tuple[Path, Path]:
     return root, manifest
 
 
-def _read_manifest(manifest: Path) -> dict:
-    doc = load_yaml(manifest, BundleError)
+class _ReadOnce(type(Path())):
+    """bundle.yaml's path carrying the bytes already read (and hashed): load_yaml parses these,
+    never a second read of a file that could have changed since it was hashed."""
+
+    _data: bytes = b""
+
+    def read_bytes(self) -> bytes:
+        return self._data
+
+    def read_text(self, encoding: str | None = None, errors: str | None = None) -> str:
+        return self._data.decode(encoding or "utf-8", errors or "strict")
+
+
+def _read_manifest(manifest: Path, data: bytes) -> dict:
+    snapshot = _ReadOnce(manifest)
+    snapshot._data = data
+    doc = load_yaml(snapshot, BundleError)
     if doc is None:
         raise BundleError(f"{manifest}: the file is empty", file=manifest)
     if not isinstance(doc, dict):
@@ -384,15 +415,45 @@ def _check_engines(chk: Checker, root: Path, value: Any) -> Path | None:
     return root / _rel_path(chk, root, eng["dir"], "engines.dir")
 
 
-def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
-    """Read and check BUNDLE_DIR/bundle.yaml and the files it names.
+def _check_integrity(root: Path, integrity: Integrity, data: bytes, files: dict[str, str], engines_dir: Path | None,
+                     verify: bool) -> tuple[str, tuple[str, ...]]:
+    """(the bundle's digest, warnings): every file against the manifest, or the legacy warning."""
+    if integrity.entries is None:
+        warning = (f"{root}: no {MANIFEST_FILE}: bundle.yaml (thresholds, preprocessing) is not covered by any "
+                   f"hash, so an edit to it goes unnoticed; re-make the bundle, or sign it with `rgbd-convert "
+                   f"sign {root.name} --key KEY`")
+        log.warning("%s", warning)
+        return legacy_digest(data, files), (warning,)
+    engines_rel = _rel(root, engines_dir) if engines_dir is not None else "engines"
+    try:
+        check_sealed_files(root, integrity, files, engines_rel, verify, hashed=(BUNDLE_FILE,))
+    except ManifestError as exc:
+        raise BundleError(str(exc), file=exc.file, problem=exc.problem) from exc
+    return integrity.digest or "", ()
 
-    Always checks the schema, that every referenced file exists inside the bundle and is listed
-    in ``files``; with ``verify_hashes`` also every listed file's sha256 (reads each file once).
-    Raises BundleError naming the manifest and the key or file at fault.
+
+def load_bundle(path: str | os.PathLike, verify_hashes: bool = True,
+                trusted_keys: Sequence[TrustedKey | str | os.PathLike] | None = None) -> Bundle:
+    """Read and check a bundle directory: signature, file manifest, bundle.yaml, the files it names.
+
+    With ``trusted_keys`` (TrustedKey objects or public key files) the bundle must be signed by
+    one of them; the signature is checked first, then the manifest, and every file's sha256
+    (``verify_hashes`` cannot turn that off: a signature over unchecked files proves nothing).
+    Without keys a bundle with manifest.sha256 is checked against it the same way (unsigned), and a
+    bundle without one (made before manifests) loads with a warning. bundle.yaml is always
+    hashed from the bytes it is parsed from. Always checks the schema, that every referenced file
+    exists inside the bundle and is listed, and that no unlisted file is in the bundle directory
+    (the engine cache aside). Raises BundleError naming the file and the key at fault.
     """
     root, manifest = _find_manifest(path)
-    doc = _read_manifest(manifest)
+    keys = load_trusted_keys(trusted_keys or ())
+    try:  # the signature and the manifest first: bundle.yaml is parsed only once it is known good
+        integrity = read_integrity(root, keys)
+        data = read_limited(manifest, MAX_BUNDLE_YAML_BYTES)
+        check_listed_bytes(integrity, BUNDLE_FILE, data, manifest)
+    except ManifestError as exc:
+        raise BundleError(str(exc), file=exc.file, problem=exc.problem) from exc
+    doc = _read_manifest(manifest, data)
     chk = Checker(where=manifest, error=BundleError)
     version = _check_schema_version(chk, doc)
     chk.keys(doc, "", _TOP_KEYS, required=_TOP_REQUIRED)
@@ -406,10 +467,13 @@ def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     engines_dir = _check_engines(chk, root, doc.get("engines"))
     provenance = _check_provenance(chk, doc["provenance"])
     files = _check_files(chk, root, doc["files"])
-    _check_files_present(chk, root, referenced, files, verify_hashes)
+    verify = verify_hashes or bool(keys)
+    _check_files_present(chk, root, referenced, files, verify and integrity.entries is None)
+    digest, warnings = _check_integrity(root, integrity, data, files, engines_dir, verify)
     return Bundle(root=root, schema_version=version, model_name=model_name, model_version=model_version,
                   image_size=image_size, preprocess=params, modes=modes, provenance=provenance, files=files,
-                  raw=doc, model_family=family, engines_dir=engines_dir, hashes_verified=verify_hashes)
+                  raw=doc, model_family=family, engines_dir=engines_dir, hashes_verified=verify, digest=digest,
+                  integrity=integrity.kind, signed_by=integrity.key, warnings=warnings)
 
 
 # --------------------------------------------------------------------------- summary
@@ -452,7 +516,19 @@ def bundle_summary(bundle: Bundle) -> str:
         lines.append(f"engines: {_rel(b.root, b.engines_dir)}/")
     state = "sha256 verified" if b.hashes_verified else "sha256 NOT verified"
     lines.append(f"files: {len(b.files)} listed, {state}")
+    lines.append(f"digest: {b.digest}")
+    lines.append(_integrity_line(b))
+    lines += [f"WARNING: {w}" for w in b.warnings]
     return "\n".join(lines)
+
+
+def _integrity_line(b: Bundle) -> str:
+    if b.integrity == "signed" and b.signed_by is not None:
+        return f"integrity: signed, verified with trusted key {b.signed_by.key_id[:12]} ({b.signed_by.path})"
+    if b.integrity == "manifest":
+        sig = "bundle.sig present, not checked" if (b.root / SIGNATURE_FILE).exists() else "not signed"
+        return f"integrity: {MANIFEST_FILE} covers every file, bundle.yaml included ({sig}: no trusted key given)"
+    return f"integrity: legacy bundle without {MANIFEST_FILE} (bundle.yaml not covered by any hash)"
 
 
 def _rel(root: Path, p: Path) -> str:
@@ -470,12 +546,21 @@ PROG = "rgbd-edge check-bundle"
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="DIR", help=f"model bundle directory (holds {BUNDLE_FILE} and the ONNX files)")
-    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files "
+                                                            "(except bundle.yaml's; ignored with --trusted-key)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="public key file (PEM, from rgbd-convert keygen): the bundle must be signed by it, as the "
+                        "daemon requires when its config lists trusted_keys; repeatable (any one of them)")
 
 
 def _cmd_check_bundle(a: argparse.Namespace) -> int:
     try:
-        bundle = load_bundle(a.bundle, verify_hashes=not a.no_verify)
+        keys = load_trusted_keys(a.trusted_key)
+    except SignatureError as exc:
+        print(f"{PROG}: error: --trusted-key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        bundle = load_bundle(a.bundle, verify_hashes=not a.no_verify, trusted_keys=keys)
     except BundleError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -484,10 +569,12 @@ def _cmd_check_bundle(a: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `check-bundle DIR [--no-verify]` on an argparse subparsers object (sets ``func``)."""
+    """Register `check-bundle DIR [--no-verify] [--trusted-key PUB]` on an argparse subparsers object
+    (sets ``func``)."""
     p = subparsers.add_parser("check-bundle", help="check a model bundle and print its summary",
-                              description="Load a model bundle as the runtime would, verify its file hashes "
-                                          "and print a summary. Exit 0 when usable, 2 otherwise.")
+                              description="Load a model bundle as the runtime would, verify its signature (with "
+                                          "--trusted-key), its file manifest and file hashes, and print a "
+                                          "summary. Exit 0 when usable, 2 otherwise.")
     _add_arguments(p)
     p.set_defaults(func=_cmd_check_bundle)
     return p

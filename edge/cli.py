@@ -1,12 +1,17 @@
 """`rgbd-edge`: the Jetson-side command.
 
     rgbd-edge run --config FILE [--max-frames N] [--log-level L]   the inspection daemon (systemd service)
-    rgbd-edge check-bundle DIR [--no-verify]                       validate a model bundle
+    rgbd-edge check-bundle DIR [--no-verify] [--trusted-key PUB]   validate a model bundle (and its signature)
+    rgbd-edge install BUNDLE.tar.gz [--root DIR] [--trusted-key PUB | --config FILE]
+                                                                   verify and install a signed bundle
+    rgbd-edge rollback [--root DIR]                                switch back to the previous bundle
     rgbd-edge capture ...                                          record RGB-D frames (edge.capture)
     rgbd-edge watch ...                                            watch a running device (edge.watch)
 
 `run` exit codes: 0 clean stop, 2 configuration error, 3 bundle error, 4 engine load error,
-5 source could not be opened, 6 internal fatal error (docs/daemon.md).
+5 source could not be opened, 6 internal fatal error (docs/daemon.md). `install`: 0 installed,
+2 usage or key error, 3 refused, 4 could not write; `rollback`: 0, 2 nothing to roll back to, 4
+(docs/bundle.md).
 """
 from __future__ import annotations
 
@@ -74,12 +79,14 @@ def _add_optional(sub, name: str, module: str, help_text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bundle import add_parser as add_check_bundle
+    from .install import add_parser as add_install
 
     p = argparse.ArgumentParser(prog="rgbd-edge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_run(sub)
     add_check_bundle(sub)
+    add_install(sub)
     for name, (module, help_text) in _OPTIONAL.items():
         _add_optional(sub, name, module, help_text)
     return p

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from .checks import CheckError, Checker, describe, join, load_yaml
 from .fallback import FallbackConfig
+from .signing import SignatureError, TrustedKey, load_public_key, load_trusted_keys
 from .sinks import SINK_TYPES, parse_sinks_config
 from .sources import DEFAULTS as SOURCE_KEYS, SOURCE_TYPES, SourceConfigError, validate_source_config
 
@@ -38,7 +39,7 @@ ON_FULL = ("drop_oldest", "drop_newest", "block")
 SOURCE_DAEMON_KEYS = ("exit_at_end", "read_timeout_s", "reopen_attempts")
 
 _TOP_KEYS = ("device_id", "bundle", "engine", "source", "fallback", "sinks", "queues", "heatmaps", "watchdog",
-             "status", "log_level")
+             "status", "log_level", "trusted_keys")
 _ENGINE_KEYS = ("backend", "precision", "threads", "cache_dir", "cuda", "workspace_mib", "build_missing", "warmup",
                 "verify_hashes")
 _QUEUE_KEYS = ("capture", "results", "on_full", "results_timeout_s")
@@ -151,6 +152,8 @@ class Config:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     log_level: str = "INFO"
+    # Public keys a bundle must be signed by (docs/bundle.md); () = unsigned bundles load too.
+    trusted_keys: tuple[TrustedKey, ...] = ()
 
 
 # --------------------------------------------------------------------------- checks
@@ -328,6 +331,23 @@ def _status(chk: Checker, value: Any) -> StatusConfig:
                                                   hi=MAX_STATUS_INTERVAL_S, lo_open=True))
 
 
+def parse_trusted_keys(chk: Checker, value: Any, base: Path) -> tuple[TrustedKey, ...]:
+    """``trusted_keys``: a non-empty list of Ed25519 public key files (PEM), read now so that an
+    unreadable or wrong key is a configuration error (exit 2) naming its list index."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise chk.fail("trusted_keys", f"must be a non-empty list of public key files, got {describe(value)}")
+    keys = []
+    for i, item in enumerate(value):
+        path = _path(chk, item, f"trusted_keys.{i}", base)
+        try:
+            keys.append(load_public_key(path))
+        except SignatureError as exc:
+            raise chk.fail(f"trusted_keys.{i}", str(exc), file=path) from exc
+    return load_trusted_keys(keys)
+
+
 def _fallback(chk: Checker, value: Any) -> dict:
     d = dict(chk.mapping(value, "fallback", allow_none=True))
     if "available_modes" in d:
@@ -382,6 +402,7 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
     heatmaps = _heatmaps(chk, doc.get("heatmaps"))
     watchdog = _watchdog(chk, doc.get("watchdog"))
     status = _status(chk, doc.get("status"))
+    trusted_keys = parse_trusted_keys(chk, doc.get("trusted_keys"), base)
     log_level = "INFO"
     if doc.get("log_level") is not None:
         v = doc["log_level"]
@@ -390,7 +411,8 @@ def config_from_dict(doc: Any, path: str | os.PathLike | None = None, base_dir: 
     cfg = Config(path=file.resolve() if file is not None else None, device_id=device_id, bundle=bundle,
                  engine=engine, source=source, source_type=kind, exit_at_end=exit_at_end,
                  read_timeout_s=read_timeout_s, reopen_attempts=reopen_attempts, fallback=fallback, sinks=sinks,
-                 queues=queues, heatmaps=heatmaps, watchdog=watchdog, status=status, log_level=log_level)
+                 queues=queues, heatmaps=heatmaps, watchdog=watchdog, status=status, log_level=log_level,
+                 trusted_keys=trusted_keys)
     # edge.fallback checks its keys now, so a typo fails at start with exit code 2 (sources and
     # sinks are created later; the daemon maps their configuration errors to exit code 2 as well).
     check_fallback(chk, cfg.fallback)

@@ -676,6 +676,72 @@ def test_trt_unverified_bundle_checks_the_graph_it_keys_by(bundle_dir, fake_gpu)
     assert trt_calls(fake_gpu, "build_serialized_network") == []
 
 
+def _attacker_plan(fake, good: bytes) -> bytes:
+    """A different engine that the fake runtime WOULD deserialize (same TensorRT version, IO intact)."""
+    record = json.loads(good[len(fake.trt.ENGINE_MAGIC):])
+    record["planted"] = "by someone with write access to the cache"
+    return fake.trt.ENGINE_MAGIC + json.dumps(record, sort_keys=True).encode()
+
+
+def test_swapped_engine_file_is_never_deserialized_and_is_rebuilt(bundle_dir, fake_gpu, caplog):
+    (e,) = load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["rgb"]).values()
+    path, sidecar = e.engine_file, trt_cache.sidecar_path(e.engine_file)
+    assert e.cache_rejected is None
+    e.close()
+    evil = _attacker_plan(fake_gpu, path.read_bytes())
+    path.write_bytes(evil)  # the sidecar is left untouched
+    fake_gpu.trt.CALLS.clear()
+    with caplog.at_level(logging.WARNING):
+        (again,) = load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["rgb"]).values()
+    try:
+        received = [c["sha256"] for c in trt_calls(fake_gpu, "deserialize_cuda_engine")]
+        assert hashlib.sha256(evil).hexdigest() not in received
+        assert received == [json.loads(sidecar.read_text())["engine_sha256"]]
+        assert again.built and len(trt_calls(fake_gpu, "build_serialized_network")) == 1
+        assert "replaced, truncated or corrupt" in again.cache_rejected
+        assert any(r.levelno == logging.WARNING and "not loading it" in r.getMessage() for r in caplog.records)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == received[0]  # rebuilt in place
+        feed = make_feed("rgb")
+        assert_matches(again.run(feed), reference(feed))
+    finally:
+        again.close()
+
+
+def test_swapped_engine_without_build_missing_is_refused(bundle_dir, fake_gpu):
+    (e,) = load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["rgbd"]).values()
+    path = e.engine_file
+    e.close()
+    path.write_bytes(_attacker_plan(fake_gpu, path.read_bytes()))
+    fake_gpu.trt.CALLS.clear()
+    with pytest.raises(trt_cache.EngineNotCachedError, match=r"the cached file was refused: .*replaced"):
+        load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["rgbd"], build_missing=False)
+    assert trt_calls(fake_gpu, "deserialize_cuda_engine") == []
+
+
+def test_engine_swapped_after_the_check_is_not_what_tensorrt_gets(bundle_dir, fake_gpu, monkeypatch):
+    """The file is read once: swapping it right after the cache verified it changes nothing."""
+    (e,) = load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["depth"]).values()
+    path = e.engine_file
+    e.close()
+    verified_sha = json.loads(trt_cache.sidecar_path(path).read_text())["engine_sha256"]
+    evil = _attacker_plan(fake_gpu, path.read_bytes())
+    real = trt_cache.read_cached_engine
+
+    def then_swap(cache_dir, spec):
+        found = real(cache_dir, spec)
+        path.write_bytes(evil)  # the race an attacker would try
+        return found
+
+    monkeypatch.setattr(trt_cache, "read_cached_engine", then_swap)
+    fake_gpu.trt.CALLS.clear()
+    (again,) = load_engines(bundle_dir, backend="tensorrt", precision="fp32", modes=["depth"]).values()
+    try:
+        assert not again.built
+        assert [c["sha256"] for c in trt_calls(fake_gpu, "deserialize_cuda_engine")] == [verified_sha]
+    finally:
+        again.close()
+
+
 def test_fakes_do_not_leak():
     """Runs after the fixture-using tests in this file: no fake module is left behind."""
     for m in FAKE_MODULES:

@@ -100,6 +100,48 @@ def test_check_bundle_cli(bundle_dir, tmp_path, capsys):
     assert "bundle.yaml" in capsys.readouterr().err
 
 
+def test_bundle_is_sealed_and_its_archive_normalised(bundle_dir):
+    from edge.bundle import load_bundle
+    from edge.manifest import MANIFEST_FILE, parse_manifest
+
+    entries = parse_manifest((bundle_dir / MANIFEST_FILE).read_bytes(), MANIFEST_FILE)
+    assert set(entries) == {p.name for p in bundle_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+    assert "bundle.yaml" in entries and load_bundle(bundle_dir).integrity == "manifest"
+    with tarfile.open(bundle_dir.parent / "b.tar.gz") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members[:2]] == ["b", "b/manifest.sha256"]
+    for m in members:
+        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "root", "root")
+        assert m.type in (tarfile.REGTYPE, tarfile.DIRTYPE) and m.mode == (0o755 if m.isdir() else 0o644)
+
+
+def test_real_bundle_signed_then_edited_is_refused(bundle_dir, tmp_path, capsys):
+    from convert.cli import main
+    from edge.bundle import BundleError, load_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    assert main(["keygen", "--out", str(tmp_path / "line")]) == 0
+    assert main(["sign", str(copy), "--key", str(tmp_path / "line")]) == 0
+    pub = tmp_path / "line.pub"
+    assert load_bundle(copy, trusted_keys=[pub]).integrity == "signed"
+    doc = yaml.safe_load((copy / "bundle.yaml").read_text())
+    doc["modes"]["rgbd"]["threshold"]["score"] = 1e30
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(BundleError, match="bundle.yaml: sha256 mismatch"):
+        load_bundle(copy, trusted_keys=[pub])
+
+
+def test_bundle_sign_key_is_checked_before_the_export(trained_run, tmp_path, capsys):
+    from convert.cli import main
+
+    out = tmp_path / "never"
+    code = main(["bundle", "--run", str(trained_run.run), "--data", str(trained_run.data), "--out", str(out),
+                 "--sign", str(tmp_path / "absent.key"), "--quiet"])
+    assert code == 2 and "cannot read the signing key" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bundle_refuses_to_overwrite(bundle_dir, trained_run, capsys):
     from convert.cli import main
 

@@ -231,6 +231,26 @@ def test_find_engine_requires_every_field(tmp_path, fake_trt, gpu):
     assert tb.find_engine(cache, spec) is None
 
 
+def test_read_cached_engine_returns_the_bytes_it_verified(tmp_path, fake_trt, gpu, caplog):
+    bundle = make_bundle(tmp_path / "b", modes=("rgb",))
+    (r,) = tb.build_bundle(bundle)
+    spec = tb.EngineSpec("rgb", "fp32", sha(bundle / "rgb.onnx"), "10.3.0", GPU.name, "8.7")
+    found = tc.read_cached_engine(bundle / "engines", spec)
+    assert found.engine == r.engine and found.rejected is None
+    assert hashlib.sha256(found.data).hexdigest() == json.loads(r.sidecar.read_text())["engine_sha256"]
+
+    # same size, other bytes, sidecar untouched: refused with a warning, never handed out
+    blob = r.engine.read_bytes()
+    r.engine.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with caplog.at_level(logging.WARNING):
+        refused = tc.read_cached_engine(bundle / "engines", spec)
+    assert refused.engine is None and refused.data is None and "replaced, truncated or corrupt" in refused.rejected
+    assert "not loading it" in caplog.text
+    again = tc.ensure_engine(bundle / "rgb.onnx", spec, bundle / "engines")  # rebuilt, and said why
+    assert again.built and again.rejected == refused.rejected and again.data is None  # bytes only on request
+    assert tb.find_engine(bundle / "engines", spec) == r.engine
+
+
 def test_engine_key_covers_every_field():
     base = dict(onnx_sha256="a" * 64, trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
                 precision_flags_=["fp16"])

@@ -3,7 +3,8 @@
 Per mode: the engine comes from the engine cache (:mod:`edge.engines.trt_cache`), keyed by the
 bundle's ONNX sha256, the TensorRT version, the GPU and the precision flags; when no cached
 engine matches it is built (minutes on a Jetson) and stored. A mismatched engine is never
-deserialized.
+deserialized: TensorRT gets exactly the bytes the cache hashed and checked against the engine's
+sidecar (or the bytes just built), never a second read of the file.
 
 Execution uses only the name-based TensorRT 10 API: ``num_io_tensors``, ``get_tensor_name(i)``,
 ``get_tensor_mode(name)``, ``get_tensor_shape``, ``get_tensor_dtype``,
@@ -235,13 +236,16 @@ class TensorRTEngine:
     """One mode's deserialized engine, its execution context, buffers and stream."""
 
     def __init__(self, *, mode: str, inputs: tuple[str, ...], info, trt, cuda, engine_file: Path,
-                 image_size: int, spec=None, built: bool = False):
+                 engine_bytes: bytes, image_size: int, spec=None, built: bool = False,
+                 cache_rejected: str | None = None):
         self.mode = mode
         self.inputs = inputs
         self.info = info
         self.engine_file = Path(engine_file)
         self.spec = spec
         self.built = built                  # True when this start built the engine
+        self.cache_rejected = cache_rejected  # a cached engine file was refused (swapped, corrupt): why
+        self._engine_bytes: bytes | None = engine_bytes  # verified bytes; dropped once deserialized
         self.cuda_api = cuda.name
         self.input_shapes: dict[str, tuple] = {}
         self.output_shapes: dict[str, tuple] = {}
@@ -271,7 +275,9 @@ class TensorRTEngine:
     def _setup(self) -> None:
         trt = self._trt
         self._runtime = trt.Runtime(_trt_logger(trt))
-        self._engine = self._runtime.deserialize_cuda_engine(self.engine_file.read_bytes())
+        blob, self._engine_bytes = self._engine_bytes, None
+        self._engine = self._runtime.deserialize_cuda_engine(blob)
+        del blob
         if self._engine is None:
             raise self._fail("TensorRT could not deserialize the engine (see TensorRT's log above); delete it "
                              "from the cache to have it rebuilt")
@@ -394,13 +400,15 @@ def load(bundle, mode_spec, choice, *, cache_dir=None, build_missing: bool = Tru
                                     compute_capability=gpu.compute_capability)
         cached = trt_cache.ensure_engine(onnx, spec, cache, workspace_mib=workspace_mib, build_missing=build_missing,
                                          int8_variant=choice.graph == "int8", tag=f"mode '{mode}'",
-                                         built_by="rgbd-edge runtime", build_log_level=logging.WARNING)
+                                         built_by="rgbd-edge runtime", build_log_level=logging.WARNING,
+                                         keep_bytes=True)
     except BaseException:
         api.close()
         raise
     info = model_info(bundle, onnx, choice.engine, BACKEND)
     engine = TensorRTEngine(mode=mode, inputs=tuple(mode_spec.inputs), info=info, trt=trt, cuda=api,
-                            engine_file=cached.engine, image_size=bundle.image_size, spec=spec, built=cached.built)
+                            engine_file=cached.engine, engine_bytes=cached.data, image_size=bundle.image_size,
+                            spec=spec, built=cached.built, cache_rejected=cached.rejected)
     log.info("mode '%s': TensorRT %s, %s engine %s (%s) from %s graph %s, %s", mode, spec.tensorrt_version,
              choice.engine, cached.engine.name, "built now" if cached.built else "cached", choice.graph, rel, api.name)
     return engine

@@ -18,8 +18,11 @@ Cache layout (one engine per mode and precision)::
 ``key16`` is the first 16 hex digits of :func:`engine_key`. :func:`find_engine` reuses an
 engine only when every identity field in its sidecar matches exactly and the engine file's
 sha256 matches the sidecar; anything else is rebuilt (the stale file is left in place and
-logged). :func:`ensure_engine` is find-or-build, used by both the runtime's first start and
-`rgbd-convert build`.
+logged). The engine file is read once: the bytes hashed are the bytes handed to TensorRT
+(:func:`read_cached_engine`), so a file swapped after the check can never be deserialised; a
+file that does not match its sidecar (swapped or corrupt) is logged as a WARNING, counted in
+``CachedEngine.rejected`` and rebuilt (or refused when building is off). :func:`ensure_engine`
+is find-or-build, used by both the runtime's first start and `rgbd-convert build`.
 
 The build itself (ONNX -> engine bytes with the TensorRT 10 Python API), the precision names
 and the build errors live in edge.engines.trt_builder; this module re-exports them, so
@@ -42,7 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -251,27 +254,49 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def find_engine(cache_dir: str | os.PathLike, spec: EngineSpec) -> Path | None:
-    """The cached engine for ``spec``, or None. Reused only when the sidecar exists, every identity
-    field in it equals ``spec`` exactly, and the engine file's size and sha256 match the sidecar."""
+@dataclass(frozen=True)
+class CacheLookup:
+    engine: Path | None       # the verified engine file, or None
+    data: bytes | None        # its bytes, read once and hashed: what TensorRT may deserialise
+    rejected: str | None      # why an engine file that is there was refused (swapped, corrupt)
+
+
+def read_cached_engine(cache_dir: str | os.PathLike, spec: EngineSpec) -> CacheLookup:
+    """The cached engine for ``spec`` and its verified bytes. Reused only when the sidecar exists,
+    every identity field in it equals ``spec`` exactly, and the bytes read (once) have the size and
+    sha256 the sidecar records."""
     eng = engine_path(cache_dir, spec)
     side = sidecar_path(eng)
     if not eng.is_file():
-        return None
+        return CacheLookup(None, None, None)
     meta = read_sidecar(side)
     if meta is None:
         log.info("%s: no readable sidecar %s; not reusing it", eng.name, side.name)
-        return None
+        return CacheLookup(None, None, None)
     for field, want in spec.identity().items():
         have = meta.get(field)
         if have != want:
             log.info("%s: sidecar field %r is %r, expected %r; not reusing it", eng.name, field, have, want)
-            return None
-    size = eng.stat().st_size
-    if meta.get("engine_bytes") != size or meta.get("engine_sha256") != sha256_file(eng):
-        log.info("%s: engine file does not match its sidecar (truncated or replaced?); not reusing it", eng.name)
-        return None
-    return eng
+            return CacheLookup(None, None, None)
+    try:
+        with open(eng, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        log.warning("%s: cannot read the cached engine (%s); not reusing it", eng, exc)
+        return CacheLookup(None, None, f"unreadable: {exc}")
+    have = sha256_bytes(data)
+    if meta.get("engine_bytes") != len(data) or meta.get("engine_sha256") != have:
+        reason = (f"{eng.name} has {len(data)} bytes, sha256 {have[:12]}..., its sidecar records "
+                  f"{meta.get('engine_bytes')} bytes, sha256 {str(meta.get('engine_sha256'))[:12]}... "
+                  f"(replaced, truncated or corrupt)")
+        log.warning("engine cache: %s; not loading it", reason)
+        return CacheLookup(None, None, reason)
+    return CacheLookup(eng, data, None)
+
+
+def find_engine(cache_dir: str | os.PathLike, spec: EngineSpec) -> Path | None:
+    """The cached engine file for ``spec`` when :func:`read_cached_engine` accepts it, or None."""
+    return read_cached_engine(cache_dir, spec).engine
 
 
 def _stale_engines(cache_dir: Path, spec: EngineSpec) -> list[Path]:
@@ -348,6 +373,10 @@ class CachedEngine:
     engine: Path
     sidecar: Path
     built: bool        # False: reused from the cache
+    # The engine's bytes as verified (reused) or built, with ensure_engine(keep_bytes=True): the
+    # runtime deserialises exactly these and never reads the file again.
+    data: bytes | None = field(default=None, repr=False)
+    rejected: str | None = None  # a cached file for this spec was refused (why); it was rebuilt
 
 
 def _log_stale(cache: Path, spec: EngineSpec, tag: str) -> None:
@@ -362,7 +391,8 @@ def _log_stale(cache: Path, spec: EngineSpec, tag: str) -> None:
 def ensure_engine(onnx: str | os.PathLike, spec: EngineSpec, cache_dir: str | os.PathLike, *,
                   workspace_mib: int = DEFAULT_WORKSPACE_MIB, force: bool = False, build_missing: bool = True,
                   verbose: bool = False, int8_variant: bool = False, tag: str | None = None,
-                  lock: bool = True, built_by: str = "rgbd-edge", build_log_level: int = logging.INFO) -> CachedEngine:
+                  lock: bool = True, built_by: str = "rgbd-edge", build_log_level: int = logging.INFO,
+                  keep_bytes: bool = False) -> CachedEngine:
     """The engine for ``spec`` from ``cache_dir``, built from ``onnx`` when none matches.
 
     A cached engine is reused only through :func:`find_engine` (every identity field and the
@@ -374,36 +404,43 @@ def ensure_engine(onnx: str | os.PathLike, spec: EngineSpec, cache_dir: str | os
     flock while looking again and building (pass False when the caller holds it already).
     The build writes the engine and its sidecar atomically, engine first; the line announcing
     it is logged at ``build_log_level`` (the runtime uses WARNING: a build takes minutes).
+    ``keep_bytes``: return the verified (or built) bytes in ``CachedEngine.data``.
     """
     onnx = Path(onnx)
     cache = Path(cache_dir)
     tag = tag or spec.mode
     precision = precision_name(spec.flags)
-    found = None if force else find_engine(cache, spec)
-    if found is not None:
-        return _reused(spec, onnx, found, workspace_mib, tag)
+    found = CacheLookup(None, None, None) if force else read_cached_engine(cache, spec)
+    if found.engine is not None:
+        return _reused(spec, onnx, found, workspace_mib, tag, keep_bytes)
+    rejected = found.rejected
     if not build_missing:
+        refused = f" (the cached file was refused: {rejected})" if rejected else ""
         raise EngineNotCachedError(
             f"no cached {precision} engine for mode '{spec.mode}' in {cache} matching ONNX sha256 "
             f"{spec.onnx_sha256[:12]}..., TensorRT {spec.tensorrt_version}, GPU {spec.gpu_name} (sm "
-            f"{spec.compute_capability}); build it on this device (rgbd-convert build) or allow building")
+            f"{spec.compute_capability}){refused}; build it on this device (rgbd-convert build) or allow building")
     prepare_cache_dir(cache)
     with (cache_lock(cache) if lock else contextlib.nullcontext()):
         if not force:  # another process may have built it while we waited for the lock
-            found = find_engine(cache, spec)
-            if found is not None:
-                return _reused(spec, onnx, found, workspace_mib, tag)
-        return _build(onnx, spec, cache, workspace_mib=workspace_mib, force=force, verbose=verbose,
-                      int8_variant=int8_variant, tag=tag, built_by=built_by, level=build_log_level)
+            found = read_cached_engine(cache, spec)
+            if found.engine is not None:
+                return _reused(spec, onnx, found, workspace_mib, tag, keep_bytes)
+        built = _build(onnx, spec, cache, workspace_mib=workspace_mib, force=force, verbose=verbose,
+                       int8_variant=int8_variant, tag=tag, built_by=built_by, level=build_log_level)
+    return CachedEngine(built.spec, built.onnx, built.engine, built.sidecar, built=True,
+                        data=built.data if keep_bytes else None, rejected=rejected or found.rejected)
 
 
-def _reused(spec: EngineSpec, onnx: Path, found: Path, workspace_mib: int, tag: str) -> CachedEngine:
-    meta = read_sidecar(sidecar_path(found)) or {}
+def _reused(spec: EngineSpec, onnx: Path, found: CacheLookup, workspace_mib: int, tag: str,
+            keep_bytes: bool) -> CachedEngine:
+    engine = found.engine
+    meta = read_sidecar(sidecar_path(engine)) or {}
     if meta.get("workspace_mib") not in (None, workspace_mib):
         log.info("%s: cached engine was built with workspace %s MiB (now %d); rgbd-convert build --force rebuilds it",
                  tag, meta.get("workspace_mib"), workspace_mib)
-    log.info("%s: reusing cached %s engine %s", tag, precision_name(spec.flags), found)
-    return CachedEngine(spec, onnx, found, sidecar_path(found), built=False)
+    log.info("%s: reusing cached %s engine %s", tag, precision_name(spec.flags), engine)
+    return CachedEngine(spec, onnx, engine, sidecar_path(engine), built=False, data=found.data if keep_bytes else None)
 
 
 def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, force: bool, verbose: bool,
@@ -437,4 +474,4 @@ def _build(onnx: Path, spec: EngineSpec, cache: Path, *, workspace_mib: int, for
     })
     atomic_write(sidecar_path(eng), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     log.info("%s: built in %.1f s -> %s (%.1f MiB)", tag, seconds, eng, len(blob) / (1 << 20))
-    return CachedEngine(spec, onnx, eng, sidecar_path(eng), built=True)
+    return CachedEngine(spec, onnx, eng, sidecar_path(eng), built=True, data=blob)

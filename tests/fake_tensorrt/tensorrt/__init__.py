@@ -32,7 +32,8 @@ Knobs for tests (module attributes, reset by reset()):
   INPUTS        list of (name, shape) the parsed "network" gets when the model bytes are not a
                 real ONNX graph (a real one, read with `onnx` if installed, gives its own IO)
   OUTPUTS       list of (name, shape) likewise for outputs
-  CALLS         list of (name, dict) recorded calls, for asserts
+  CALLS         list of (name, dict) recorded calls, for asserts (deserialize_cuda_engine records
+                the sha256 of the bytes it received)
 The "engine" is ENGINE_MAGIC + JSON {onnx_sha256, flags, workspace, version, io}.
 """
 from __future__ import annotations
@@ -404,7 +405,8 @@ class Runtime:
         ok = data.startswith(ENGINE_MAGIC)
         record = json.loads(data[len(ENGINE_MAGIC):]) if ok else {}
         CALLS.append(("deserialize_cuda_engine", {"onnx_sha256": record.get("onnx_sha256"),
-                                                   "version": record.get("version"), "flags": record.get("flags")}))
+                                                   "version": record.get("version"), "flags": record.get("flags"),
+                                                   "sha256": hashlib.sha256(data).hexdigest()}))
         # the real runtime refuses plans from another TensorRT version (and garbage): None + a log line
         if not ok or record.get("version") != __version__ or "io" not in record:
             return None
