@@ -64,7 +64,10 @@ class FallbackConfig:
 
     def __post_init__(self) -> None:
         for name in _COUNTS:
-            setattr(self, name, _CHECK.integer(getattr(self, name), name, lo=1, hi=_MAX_COUNT))
+            v = _CHECK.integer(getattr(self, name), name, lo=1)
+            if v > _MAX_COUNT:
+                raise _CHECK.fail(name, f"must be at most {_MAX_COUNT}, got {v}")
+            setattr(self, name, v)
         for name, (lo, hi) in _RANGES.items():
             setattr(self, name, _CHECK.number(getattr(self, name), name, lo, hi))
         if self.saturated_fraction <= 0:

@@ -597,7 +597,7 @@ def test_config_errors_name_the_key(d, key):
 
 
 def test_config_upper_bounds_are_named():
-    with pytest.raises(ValueError, match=r"^fallback.hold_good: must be an integer from 1 to 1000, got 1001"):
+    with pytest.raises(ValueError, match=r"^fallback.hold_good: must be at most 1000, got 1001"):
         FallbackConfig.from_dict({"hold_good": 1001})
     with pytest.raises(ValueError, match=r"^fallback.stale_frames: no longer a setting"):
         FallbackConfig.from_dict({"stale_frames": 1})

@@ -611,9 +611,9 @@ def test_config_errors_name_the_key(cfg, key):
 @pytest.mark.parametrize("cfg, message", [
     ({"type": "realsense", "width": 100_000}, "source.width: must be at most 4096, got 100000"),
     ({"type": "realsense", "fps": 1001}, "source.fps: must be at most 1000, got 1001"),
-    ({"type": "realsense", "timeout_ms": 1e10}, "source.timeout_ms: must be a number in (0, 60000], got 1"),
-    ({"type": "realsense", "reconnect_backoff_s": [5e9]}, "source.reconnect_backoff_s[0]: must be a number in [0, 3600]"),
-    ({"type": "folder", "path": "d", "fps": 1e6}, "source.fps: must be a number in [0, 1000], got 1"),
+    ({"type": "realsense", "timeout_ms": 1e10}, "source.timeout_ms: must be at most 60000, got 1e+10"),
+    ({"type": "realsense", "reconnect_backoff_s": [5e9]}, "source.reconnect_backoff_s[0]: must be at most 3600, got 5e+09"),
+    ({"type": "folder", "path": "d", "fps": 1e6}, "source.fps: must be at most 1000, got 1e+06"),
 ])
 def test_config_upper_bounds_are_named(cfg, message):
     with pytest.raises(SourceConfigError) as ei:

@@ -137,15 +137,15 @@ def _check_realsense(out: dict) -> None:
     for k, top in (("width", MAX_SIDE), ("height", MAX_SIDE), ("fps", MAX_FPS),
                    ("timeouts_before_reconnect", MAX_TIMEOUTS)):
         _CHECK.positive_int(out[k], k, maximum=top)
-    _CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, hi=MAX_TIMEOUT_MS, lo_open=True)
+    _at_most(_CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, lo_open=True), "timeout_ms", MAX_TIMEOUT_MS)
     for k in ("align_to_color", "hardware_reset"):
         _CHECK.boolean(out[k], k)
     b = out["reconnect_backoff_s"]
     if not isinstance(b, list) or not b or len(b) > MAX_BACKOFF_STEPS:
         raise _CHECK.fail("reconnect_backoff_s", f"must be a non-empty list of at most {MAX_BACKOFF_STEPS} "
                                                  f"delays in seconds, got {describe(b)}")
-    out["reconnect_backoff_s"] = [_CHECK.number(x, f"reconnect_backoff_s[{i}]", lo=0, hi=MAX_BACKOFF_S)
-                                  for i, x in enumerate(b)]
+    out["reconnect_backoff_s"] = [_at_most(_CHECK.number(x, f"reconnect_backoff_s[{i}]", lo=0),
+                                           f"reconnect_backoff_s[{i}]", MAX_BACKOFF_S) for i, x in enumerate(b)]
 
 
 def _check_recording(out: dict) -> None:
@@ -161,8 +161,15 @@ def _check_folder(out: dict) -> None:
     _check_path(out)
     if not isinstance(out["split"], str) or not out["split"]:
         raise _CHECK.fail("split", f"must be a split folder name such as 'test', got {describe(out['split'])}")
-    _CHECK.number(out["fps"], "fps", lo=0, hi=MAX_FPS)
+    _at_most(_CHECK.number(out["fps"], "fps", lo=0), "fps", MAX_FPS)
     _CHECK.boolean(out["loop"], "loop")
+
+
+def _at_most(value: float, key: str, top: float) -> float:
+    """``value`` (already checked from below) when it is at most ``top``; the error names the bound."""
+    if value > top:
+        raise _CHECK.fail(key, f"must be at most {top:g}, got {value:g}")
+    return value
 
 
 def _check_path(out: dict) -> None:
