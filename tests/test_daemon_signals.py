@@ -130,6 +130,23 @@ def test_second_signal_during_start_up_does_not_wait_for_the_step(tmp_path, bund
     assert closed(record) == {"sink jsonl"}
 
 
+def test_sighup_during_start_up_is_kept_for_after_ready(tmp_path, bundle_dir, replay):
+    """SIGHUP's default action would end the process; during start-up it is noted, and the bundle
+    is reloaded once the daemon runs."""
+    gate = tmp_path / "gate"
+    cfg = write_config(tmp_path, bundle_dir, replay, log_level="INFO", source={"fps": 20, "loop": True})
+    run = Run(cfg, {"RGBD_TEST_HOLD": "engines", "RGBD_TEST_GATE": gate, "RUNTIME_DIRECTORY": tmp_path})
+    wait_file(Path(f"{gate}.entered"), run)
+    run.send(signal.SIGHUP)
+    Path(f"{gate}.release").touch()
+    run.wait_for("ready:")
+    run.wait_for("bundle reloaded from seq")
+    run.send(signal.SIGTERM)
+    assert run.finish() == 0, run.log
+    results = read_results(tmp_path / "results.jsonl")
+    assert [r["seq"] for r in results] == list(range(len(results)))
+
+
 def test_sigterm_while_waiting_for_another_tensorrt_build_exits_0(tmp_path, bundle_dir, replay):
     """The engine cache's build lock is held (another build is running); the daemon waits for it
     inside the engine load. SIGTERM; the other build ends; the daemon exits 0 without serving."""

@@ -81,8 +81,7 @@ def _run(config, max_frames: int | None, log_level: str | None, signals: SignalR
             log.info("systemd notify socket %s; watchdog %s", notifier.address,
                      f"ping every {wd:.1f} s" if wd and config.watchdog.enabled else "off")
         daemon = Daemon(config, max_frames=max_frames, notifier=notifier, signals=signals)
-        if signals.stops:  # a signal before the daemon could take it (config, lock)
-            daemon.request_stop(f"signal {signals.received[0]}")
+        daemon.poll_signals()  # a signal before there was a daemon to take it (config, lock)
         code = start(daemon)
         return daemon.serve() if code is None else code
 
@@ -96,12 +95,14 @@ def start(daemon: Daemon) -> int | None:
     grace_end = None
     while t.is_alive():
         t.join(POLL_S)
+        daemon.poll_signals()
         if daemon.control.stop.is_set() and grace_end is None and t.is_alive():
             log.info("%s during start-up (%s): stopping after this step", daemon.end_reason, daemon.phase)
             grace_end = time.monotonic() + STARTUP_STOP_GRACE_S
         if grace_end is not None and t.is_alive() and (time.monotonic() > grace_end or daemon.control.abort.is_set()):
             log.warning("start-up step '%s' still running after the stop request: not waiting for it", daemon.phase)
             break
+    daemon.poll_signals()
     if daemon.control.stop.is_set():  # a requested stop wins over whatever the start-up did
         return daemon.stopped_during_startup(f"{daemon.end_reason} during start-up ({daemon.phase})")
     if "error" in box:

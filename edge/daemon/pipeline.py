@@ -81,8 +81,7 @@ class Daemon:
         self.ready_event = threading.Event()  # set once READY=1 was sent (tests wait on it)
         self.phase = "not started"  # the start-up step in progress (for the log of a stop request)
         self.signals = signals
-        if signals is not None:
-            signals.on_stop = self._on_stop_signal
+        self._signals_seen = 0  # stop signals of ``signals`` acted on
         self.reloader = Reloader(config, self.counters, self._reload_failed)
         self._retired: queue.Queue = queue.Queue()  # engines of swapped-out bundles, closed by the main thread
         self._reload_problem: str | None = None
@@ -104,13 +103,17 @@ class Daemon:
         """Stop capturing; queued frames are still inspected and published (thread-safe)."""
         self.control.request_stop(reason)
 
-    def _on_stop_signal(self, count: int, name: str) -> None:
-        """SignalRouter's ``on_stop`` (runs in the main thread, between two bytecodes: no I/O)."""
-        if count == 1:
-            self.request_stop(f"signal {name}")
-        else:  # a second signal: do not wait for the drain (nor, during start-up, for the step)
-            self._abort.set()
-            self._stop.set()
+    def poll_signals(self) -> None:
+        """Act on the stop signals the router recorded since the last call (main thread): the
+        first stops (drain), a second aborts (no drain; during start-up: no wait for the step)."""
+        r = self.signals
+        while r is not None and self._signals_seen < r.stops:
+            self._signals_seen += 1
+            if self._signals_seen == 1:
+                self.request_stop(f"signal {r.received[0]}")
+            else:
+                self._abort.set()
+                self._stop.set()
 
     def _checkpoint(self, phase: str) -> None:
         """Between two start-up steps: raise StartupInterrupted when a stop was requested."""
@@ -377,7 +380,6 @@ class Daemon:
         own = None
         if self.signals is None and self.install_signal_handlers:
             own = self.signals = SignalRouter().install()
-            own.on_stop = self._on_stop_signal
         try:
             self._start_threads()
             return self._finish(stopping_sent=self._supervise())
@@ -429,7 +431,9 @@ class Daemon:
         return stopping_sent
 
     def _housekeeping(self) -> None:
-        """Main thread, every poll: start a reload on SIGHUP, close the engines of swapped-out bundles."""
+        """Main thread, every poll: act on signals (stop; SIGHUP: reload), close the engines of
+        swapped-out bundles."""
+        self.poll_signals()
         if self.signals is not None and self.signals.take_reload():
             if self._stop.is_set():
                 log.info("SIGHUP while stopping: no bundle reload")

@@ -5,10 +5,11 @@ moment where SIGTERM falls back to the default action (killed, exit -15) or rais
 middle of a step. The handlers never raise and never log (logging from a handler can re-enter
 a stream the main thread is writing to); they only record, and the main thread acts:
 
-* SIGTERM / SIGINT: ``on_stop(n, name)`` with the count so far. The daemon stops (first
-  signal: drain; second: skip the drain). While the sinks are being closed (``closing``) stop
-  signals are recorded in ``ignored`` and do nothing: the MQTT outbox flush and the JSONL fsync
-  finish, bounded by their own timeout.
+* SIGTERM / SIGINT: counted in ``stops`` (names in ``received``); the daemon's main thread
+  polls them (``Daemon.poll_signals``, every 0.2 s at most) and stops: first signal, drain;
+  second, skip the drain. While the sinks are being closed (``closing``) stop signals are
+  recorded in ``ignored`` and do nothing: the MQTT outbox flush and the JSONL fsync finish,
+  bounded by their own timeout.
 * SIGHUP: ``reload`` is set (the daemon reloads the bundle); its default action would have
   ended the process.
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -28,7 +27,6 @@ class SignalRouter:
         self.ignored: list[str] = []  # stop signals received while closing
         self.reload = threading.Event()  # SIGHUP received and not yet taken
         self.closing = False
-        self.on_stop: Callable[[int, str], None] | None = None
         self._old: dict = {}
 
     def install(self) -> "SignalRouter":
@@ -50,10 +48,8 @@ class SignalRouter:
         if self.closing:
             self.ignored.append(name)
             return
+        self.received.append(name)  # before the count: received[stops - 1] always exists
         self.stops += 1
-        self.received.append(name)
-        if self.on_stop is not None:
-            self.on_stop(self.stops, name)
 
     def take_reload(self) -> bool:
         """True once per SIGHUP (several before it is taken count as one)."""
