@@ -9,9 +9,9 @@
     rgbd-edge watch ...                                            watch a running device (edge.watch)
 
 `run` exit codes: 0 clean stop, 2 configuration error, 3 bundle error, 4 engine load error,
-5 source could not be opened, 6 internal fatal error (docs/daemon.md). `install`: 0 installed,
-2 usage or key error, 3 refused, 4 could not write; `rollback`: 0, 2 nothing to roll back to, 4
-(docs/bundle.md).
+5 source could not be opened, 6 internal fatal error, 7 another instance runs for this device
+(docs/daemon.md). `install`: 0 installed, 2 usage or key error, 3 refused, 4 could not write;
+`rollback`: 0, 2 nothing to roll back to, 4 (docs/bundle.md).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def _add_run(sub) -> None:
                        description="Capture RGB-D frames, run the bundle's engines with missing-modality "
                                    "fallback and publish one result per inspected frame. Exit codes: 0 clean "
                                    "stop, 2 config error, 3 bundle error, 4 engine load error, 5 source could "
-                                   "not be opened, 6 internal fatal error.")
+                                   "not be opened, 6 internal fatal error, 7 another instance runs for "
+                                   "this device.")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML configuration (docs/daemon.md)")
     p.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
                    help="stop after capturing N frames (drain, then exit 0)")

@@ -28,6 +28,7 @@ class ModelInfo:
     sha256: str  # of the graph (or engine's ONNX) that produced the score
     precision: str  # fp32 | fp16 | int8
     engine: str  # onnxruntime | tensorrt
+    bundle_digest: str = ""  # the bundle's digest (Bundle.digest: every file incl. bundle.yaml); "" if unknown
 
 
 @dataclass

@@ -53,8 +53,9 @@ N_TEST = 4 + 3 * 2  # test split: 4 good + 2 per defect
 # --------------------------------------------------------------------------- a tiny valid bundle
 
 
-def mode_graph(mode: str, size: int) -> "onnx.ModelProto":
-    """anomaly_map = mean_c |rgb| (+ mean_c |depth| * foreground); score = max(anomaly_map), shape [1]."""
+def mode_graph(mode: str, size: int, tag: str = "") -> "onnx.ModelProto":
+    """anomaly_map = mean_c |rgb| (+ mean_c |depth| * foreground); score = max(anomaly_map), shape [1].
+    ``tag`` goes into the graph's name: the same function in other bytes (another sha256)."""
     shapes = {"rgb": [1, 3, size, size], "depth": [1, 3, size, size], "foreground": [1, 1, size, size]}
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n]) for n in MODE_INPUTS[mode]]
     nodes, parts = [], []
@@ -72,7 +73,7 @@ def mode_graph(mode: str, size: int) -> "onnx.ModelProto":
               helper.make_node("Reshape", ["score_scalar", "shape_1"], ["score"])]
     outputs = [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, size, size]),
                helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])]
-    graph = helper.make_graph(nodes, f"tiny_{mode}", inputs, outputs,
+    graph = helper.make_graph(nodes, f"tiny_{mode}{'_' + tag if tag else ''}", inputs, outputs,
                               initializer=[helper.make_tensor("shape_1", TensorProto.INT64, [1], [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -80,15 +81,18 @@ def mode_graph(mode: str, size: int) -> "onnx.ModelProto":
     return model
 
 
-def make_bundle(root: Path, size: int = SIZE, modes=("rgbd", "rgb", "depth")) -> Path:
-    """A bundle load_bundle accepts: bundle.yaml (schema 1) + one fp32 ONNX graph per mode, hashed."""
+def make_bundle(root: Path, size: int = SIZE, modes=("rgbd", "rgb", "depth"), tag: str = "",
+                thresholds: dict | None = None) -> Path:
+    """A bundle load_bundle accepts: bundle.yaml (schema 1) + one fp32 ONNX graph per mode, hashed.
+    ``tag`` makes the graphs' bytes (and sha256) differ from another bundle's; ``thresholds``
+    overrides THRESHOLDS per mode."""
     root.mkdir(parents=True, exist_ok=True)
     files, table = {}, {}
     for m in modes:
         path = root / f"{m}.onnx"
-        onnx.save(mode_graph(m, size), str(path))
+        onnx.save(mode_graph(m, size, tag), str(path))
         files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        t = THRESHOLDS[m]
+        t = {**THRESHOLDS, **(thresholds or {})}[m]
         table[m] = {"onnx": path.name, "inputs": MODE_INPUTS[m], "outputs": ["anomaly_map", "score"],
                     "threshold": {"score": t, "pixel": 0.8 * t, "target_frr": 0.01, "expected_frr": 0.01,
                                   "n_validation": 3, "precision": "fp32"},
@@ -113,6 +117,13 @@ def make_bundle(root: Path, size: int = SIZE, modes=("rgbd", "rgb", "depth")) ->
 @pytest.fixture(autouse=True)
 def _info_logs(caplog):
     caplog.set_level(logging.INFO)
+
+
+@pytest.fixture(autouse=True)
+def _own_runtime_dir(tmp_path, monkeypatch):
+    """The single-instance lock lives in each test's own directory (not /run/rgbd-edge, which
+    other runs on this machine may use); subprocesses inherit it."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
 
 
 @pytest.fixture(scope="module")

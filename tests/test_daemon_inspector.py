@@ -129,3 +129,60 @@ def test_importing_the_daemon_loads_no_optional_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_integer_depth_without_a_scale_is_not_scored_as_metres():
+    """uint16 millimetres taken as metres would look like a wall a kilometre away and be scored as
+    healthy depth; without a declared scale the frame is scored by colour alone, with the reason."""
+    insp, engines = _inspector()
+    f = _frame(0)
+    f.depth = np.round(f.depth * 1000).astype(np.uint16)
+    out = insp.inspect(f).result
+    assert out.mode == "rgb" and "depth dtype uint16: expected float metres" in out.reason
+    assert insp.selector.stats()["reasons"] == {"depth.malformed": 1}
+
+
+def test_integer_depth_with_its_declared_scale_is_converted_to_metres():
+    metres, counts = _inspector(), _inspector()
+    fm, fc = _frame(0), _frame(0)
+    fc.depth, fc.depth_scale = np.round(fm.depth * 10000).astype(np.uint16), 1e-4
+    fm.depth = fc.depth.astype(np.float32) * np.float32(1e-4)  # the same metres the counts stand for
+    a, b = metres[0].inspect(fm).result, counts[0].inspect(fc).result
+    assert a.mode == b.mode == "rgbd"
+    np.testing.assert_array_equal(metres[1]["rgbd"].feeds[0]["depth"], counts[1]["rgbd"].feeds[0]["depth"])
+
+
+def test_an_unexpected_error_is_a_counted_no_decision_and_the_next_frame_is_inspected():
+    insp, engines = _inspector()
+    real = insp.selector.update
+    calls = []
+
+    def update(frame, depth_valid_fraction=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug nobody foresaw")
+        return real(frame, depth_valid_fraction=depth_valid_fraction)
+
+    insp.selector.update = update
+    out = [insp.inspect(_frame(i)).result for i in range(3)]
+    assert [r.seq for r in out] == [0, 1, 2]
+    assert [r.decision for r in out] == ["pass", "no_decision", "pass"]
+    assert out[1].mode is None and out[1].model is None
+    assert out[1].reason == "none: inspection failed: RuntimeError: a bug nobody foresaw"
+    c = insp.counters.snapshot()
+    assert c["inspect_errors"] == 1 and c["no_decision"] == 1 and c["frames_inspected"] == 3
+
+
+def test_results_name_the_bundle_digest_and_swap_model_changes_it_between_frames():
+    insp, engines = _inspector()
+    insp.bundle.digest = "a" * 64
+    first = insp.inspect(_frame(0)).result
+    new_bundle = _bundle(("rgbd", "rgb"))
+    new_bundle.digest = "b" * 64
+    new_engines = {m: StandIn(m) for m in ("rgbd", "rgb")}
+    insp.swap_model(new_bundle, new_engines, ("rgbd", "rgb"))
+    second = insp.inspect(_frame(1)).result
+    assert first.model.bundle_digest == "a" * 64 and second.model.bundle_digest == "b" * 64
+    assert len(new_engines["rgbd"].feeds) == 1 and len(engines["rgbd"].feeds) == 1
+    assert insp.selector.cfg.available_modes == ("rgbd", "rgb") and insp.seq == 2
+    assert insp.selector.stats()["frames"] == 2  # the stream history is kept across the swap

@@ -161,6 +161,8 @@ def test_recording_pixel_exact_through_the_pipeline(plain_recording):
         assert f.intrinsics == Intrinsics(width=32, height=24, fx=32.0, fy=32.0, cx=16.0, cy=12.0)
         assert f.source == "recording:plain.db3"
         assert f.capture_time > 0
+        assert f.frame_period_ms == pytest.approx(1000 / 30)  # the recording's colour stream fps
+        assert f.depth_scale is None  # metres already
     st = src.stats()
     assert st["frames"] == 4 and st["stale_depth"] == 0 and st["duplicates"] == 0 and st["timeouts"] == 0
     assert set(COMMON_COUNTERS) <= set(st) and all(isinstance(v, int) for v in st.values())
@@ -309,6 +311,7 @@ def test_folder_replay_frames_names_labels_end(synth):
     assert all(f.source == "folder:data/test" for f in frames)
     ts = [f.color_timestamp_ms for f in frames]
     assert ts == sorted(ts)
+    assert all(f.frame_period_ms is None and f.depth_scale is None for f in frames)  # fps 0: as fast as read
     st = src.stats()
     assert st["frames"] == len(refs) and st["stale_depth"] == 0 and st["missing_depth"] == 0
 
@@ -328,6 +331,7 @@ def test_folder_replay_loop_and_pacing(synth):
     assert [f.name.split("/")[-1] for f in frames] == ["000", "001", "002", "000", "001", "002", "000"]
     assert [f.depth_frame_number for f in frames] == list(range(7))  # keeps counting across loops
     assert [f.color_timestamp_ms for f in frames] == pytest.approx([i * 100.0 for i in range(7)])
+    assert {f.frame_period_ms for f in frames} == {100.0}
     assert sum(sleeps) == pytest.approx(0.6)  # paced at 10 fps: 6 waits of 0.1 s
     assert src.stats()["loops"] == 2
 
@@ -588,12 +592,33 @@ def test_frame_tracker_rules():
     ({"type": "folder", "path": "d", "fps": -1}, "fps"),
     ({"type": "folder", "path": "d", "loop": 1}, "loop"),
     ({"type": "folder", "path": "d", "serial": "1"}, "serial"),
+    ({"type": "realsense", "width": 100_000}, "width"),
+    ({"type": "realsense", "height": 5000}, "height"),
+    ({"type": "realsense", "fps": 1001}, "fps"),
+    ({"type": "realsense", "timeout_ms": 1e10}, "timeout_ms"),
+    ({"type": "realsense", "timeouts_before_reconnect": 10**9}, "timeouts_before_reconnect"),
+    ({"type": "realsense", "reconnect_backoff_s": [1, 1e10]}, "reconnect_backoff_s[1]"),
+    ({"type": "realsense", "reconnect_backoff_s": [1] * 101}, "reconnect_backoff_s"),
+    ({"type": "folder", "path": "d", "fps": 1e6}, "fps"),
 ])
 def test_config_errors_name_the_key(cfg, key):
     with pytest.raises(ValueError) as ei:
         open_source(cfg)
     assert isinstance(ei.value, SourceConfigError) and ei.value.key == key
     assert f"source.{key}:" in str(ei.value)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"type": "realsense", "width": 100_000}, "source.width: must be at most 4096, got 100000"),
+    ({"type": "realsense", "fps": 1001}, "source.fps: must be at most 1000, got 1001"),
+    ({"type": "realsense", "timeout_ms": 1e10}, "source.timeout_ms: must be at most 60000, got 1e+10"),
+    ({"type": "realsense", "reconnect_backoff_s": [5e9]}, "source.reconnect_backoff_s[0]: must be at most 3600, got 5e+09"),
+    ({"type": "folder", "path": "d", "fps": 1e6}, "source.fps: must be at most 1000, got 1e+06"),
+])
+def test_config_upper_bounds_are_named(cfg, message):
+    with pytest.raises(SourceConfigError) as ei:
+        validate_source_config(cfg)
+    assert str(ei.value).startswith(message)
 
 
 def test_config_defaults_and_normalisation():

@@ -21,19 +21,23 @@ shuts down. Accounting rules (docs/daemon.md has the full story):
 * A result that cannot be queued for the sinks within ``queues.results_timeout_s`` is counted in
   ``results_dropped`` and logged at ERROR: the sinks have been stuck for that long.
 
-Exit codes (``EXIT_*``): 0 clean stop (signal, end of a replay, ``--max-frames``), 2 configuration
-error, 3 bundle error, 4 engine load error, 5 source could not be opened (at start, or again after
-``source.reopen_attempts`` failures in a row), 6 internal fatal error (a pipeline thread crashed
-or the pipeline did not drain in time).
+Exit codes (``EXIT_*``): 0 clean stop (a signal at any point, end of a replay, ``--max-frames``),
+2 configuration error, 3 bundle error, 4 engine load error, 5 source could not be opened (at
+start, or again after ``source.reopen_attempts`` failures in a row), 6 internal fatal error (a
+pipeline thread crashed or the pipeline did not drain in time), 7 another instance holds this
+device's lock.
 
 The modules, one job each:
 
 * ``inspector``: one frame -> one result, no threads (preprocess, mode, engine, threshold, overlay).
 * ``startup``: sinks, bundle, engines (systemd start timeout extended), warm-up, selector, source.
 * ``capture``, ``sinkloop``: the capture and sink threads; ``control``: stop/abort, queue markers.
-* ``pipeline``: ``Daemon`` (start-up, the inference thread, status, watchdog, drain, close).
-* ``main``: ``run()``, the command's entry; ``logsetup``: logging (journald-aware).
-* ``counters``, ``exits``: the counters; the exit codes and ``StartupError``.
+* ``pipeline``: ``Daemon`` (start-up, the inference thread, status and health, watchdog, drain, close).
+* ``reload``: SIGHUP, the bundle reloaded in the background and swapped in between two frames.
+* ``main``: ``run()``, the command's entry (start-up in a thread a stop request can leave);
+  ``signals``: the handlers, installed for the whole run; ``lock``: one instance per device id;
+  ``logsetup``: logging (journald-aware).
+* ``counters``, ``exits``: the counters; the exit codes, ``StartupError`` and ``StartupInterrupted``.
 """
 from __future__ import annotations
 
@@ -44,18 +48,21 @@ from .exits import (
     EXIT_CONFIG,
     EXIT_ENGINE,
     EXIT_FATAL,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_SOURCE,
     StartupError,
+    StartupInterrupted,
 )
 from .inspector import Inspection, Inspector
 from .logsetup import setup_logging
-from .main import run
+from .main import STARTUP_STOP_GRACE_S, run
 from .pipeline import DRAIN_TIMEOUT_S, SINK_CLOSE_TIMEOUT_S, Daemon
 from .startup import ENGINE_LOAD_MAX_S, EXTEND_BY_S, EXTEND_EVERY_S
 
 __all__ = [
-    "Counters", "Daemon", "Inspection", "Inspector", "StartupError", "run", "setup_logging",
-    "EXIT_OK", "EXIT_CONFIG", "EXIT_BUNDLE", "EXIT_ENGINE", "EXIT_SOURCE", "EXIT_FATAL", "EXIT_CODES",
-    "DRAIN_TIMEOUT_S", "SINK_CLOSE_TIMEOUT_S", "ENGINE_LOAD_MAX_S", "EXTEND_EVERY_S", "EXTEND_BY_S",
+    "Counters", "Daemon", "Inspection", "Inspector", "StartupError", "StartupInterrupted", "run", "setup_logging",
+    "EXIT_OK", "EXIT_CONFIG", "EXIT_BUNDLE", "EXIT_ENGINE", "EXIT_SOURCE", "EXIT_FATAL", "EXIT_LOCKED", "EXIT_CODES",
+    "DRAIN_TIMEOUT_S", "SINK_CLOSE_TIMEOUT_S", "STARTUP_STOP_GRACE_S", "ENGINE_LOAD_MAX_S", "EXTEND_EVERY_S",
+    "EXTEND_BY_S",
 ]

@@ -177,6 +177,6 @@ class CaptureLoop:
         total = self.counters["frames_dropped"]
         if total == 1 or now - self._last_drop_log >= self.cfg.status.interval_s:
             self._last_drop_log = now
-            log.warning("capture queue full (%d): dropped frame %s (color #%d) before inference; %d dropped so "
+            log.warning("capture queue full (%d): dropped frame %s (color #%s) before inference; %d dropped so "
                         "far (inference slower than the camera?)", self.cfg.queues.capture,
                         frame.name or "", frame.color_frame_number, total)

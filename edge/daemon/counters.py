@@ -15,7 +15,7 @@ class Counters:
         "frames_captured", "frames_dropped", "frames_inspected", "pass", "reject", "no_decision",
         "engine_errors", "preprocess_errors", "overlay_errors", "timeouts", "source_errors", "source_reopens",
         "results_dropped", "results_published", "sink_errors", "status_dropped", "mode_changes",
-        "dropped_at_shutdown",
+        "dropped_at_shutdown", "inspect_errors", "sink_events", "bundle_reloads", "bundle_reloads_failed",
     )
 
     def __init__(self) -> None:

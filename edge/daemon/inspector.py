@@ -7,10 +7,16 @@ frame; a benchmark or a tool can drive it directly with a bundle, engines and a 
 
 Every call produces exactly one ``InspectionResult`` with the next sequence number (gap-free from
 0). It never raises for bad frames or engine failures: those become ``no_decision`` results whose
-reason names the error, and are counted.
+reason names the error, and are counted. Even an unexpected error inside the inspection (a bug, a
+frame the checks did not foresee) becomes a counted ``no_decision`` (``inspect_errors``): the
+pipeline goes on, and the part is never passed uninspected.
+
+``swap_model`` replaces the bundle and its engines between two frames (the daemon's SIGHUP
+reload); every result names the bundle it was scored with (``model.bundle_digest``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,7 +27,7 @@ import numpy as np
 
 from ..config import HeatmapConfig
 from ..fallback import ModeDecision, ModeSelector
-from ..frames import Frame
+from ..frames import Frame, depth_metres, frame_number_or_unknown
 from ..modes import MODE_STREAMS, STREAMS
 from ..overlay import overlay_jpeg
 from ..preprocess import Preprocessed, preprocess
@@ -58,9 +64,11 @@ def finite_or_none(v: Any) -> float | None:
 
 
 def stream_inputs(frame: Frame, streams: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(rgb, depth) for preprocess(): the frame's streams in ``streams``, zeros for the others."""
+    """(rgb, depth) for preprocess(): the frame's streams in ``streams``, zeros for the others.
+    Depth in metres (integer counts times their declared scale); depth that cannot be read as
+    metres is left out (the fallback names it malformed, so no mode uses it)."""
     rgb = frame.rgb if "rgb" in streams else None
-    depth = frame.depth if "depth" in streams else None
+    depth = depth_metres(frame) if "depth" in streams else None
     if rgb is None and depth is None:
         raise ValueError("no stream to preprocess")
     if rgb is None:
@@ -111,11 +119,36 @@ class Inspector:
         """The source was reopened: forget the streams' history (frame numbers restart)."""
         self.selector.reset()
 
+    def swap_model(self, bundle, engines: dict, available_modes: tuple) -> None:
+        """Use ``bundle`` and ``engines`` from the next frame on (call between two frames, from the
+        thread that calls ``inspect``). The selector keeps its stream history: the camera did not
+        change, only the model; it offers ``available_modes`` from now on."""
+        self.bundle = bundle
+        self.engines = engines
+        self.selector.cfg = dataclasses.replace(self.selector.cfg, available_modes=tuple(available_modes))
+
     def inspect(self, frame: Frame) -> Inspection:
         """One frame -> exactly one result (and an overlay JPEG for rejects)."""
         t0 = time.monotonic()
         seq = self.seq
         self.seq += 1
+        try:
+            return self._inspect(frame, seq, t0)
+        except Exception as exc:  # a bug or an unforeseen frame: this frame is not inspected, the rest are
+            return self._failed(frame, seq, t0, exc)
+
+    def _failed(self, frame: Frame, seq: int, t0: float, exc: Exception) -> Inspection:
+        """The no_decision result of a frame whose inspection raised."""
+        self.counters.inc("inspect_errors")
+        log.error("frame seq %d: inspection failed (no_decision): %s", seq, short_error(exc, 500), exc_info=exc)
+        v = _Verdict(reason=f"none: inspection failed: {short_error(exc)}")
+        result = self._result(frame, seq, None, v, (t0, t0, t0))
+        self.counters.inc("frames_inspected")
+        self.counters.inc("no_decision")
+        self.counters.inc_mode(None)
+        return Inspection(result, None, None)
+
+    def _inspect(self, frame: Frame, seq: int, t0: float) -> Inspection:
         # Preprocess what is there (zeros stand in for an absent stream: the shared code path, and
         # an all-missing depth map costs nothing). Malformed input is left to the fallback to name.
         pre, pre_err = None, None
@@ -123,7 +156,8 @@ class Inspector:
             pre, pre_err = self._preprocess(frame, STREAMS)
         t_pre = time.monotonic()
 
-        dvf = pre.valid_fraction if (pre is not None and frame.depth is not None) else None
+        has_depth = depth_metres(frame) is not None
+        dvf = pre.valid_fraction if (pre is not None and has_depth) else None
         decision = self.selector.update(frame, depth_valid_fraction=dvf)
         mode_change = self._mode_changed(decision, seq) if decision.changed else None
         mode = decision.mode
@@ -161,7 +195,7 @@ class Inspector:
             log.warning("frame seq %d (%s): preprocessing failed: %s", seq, frame.name, short_error(pre_err))
             return v, t_pre
         eng = self.engines[mode]
-        v.model = eng.info
+        v.model = dataclasses.replace(eng.info, bundle_digest=getattr(self.bundle, "digest", "") or "")
         try:
             amap, raw = eng.run(engine_feed(pre, eng.inputs))
         except Exception as exc:
@@ -190,19 +224,22 @@ class Inspector:
 
     def _result(self, frame: Frame, seq: int, mode: str | None, v: _Verdict,
                 times: tuple[float, float, float]) -> InspectionResult:
+        """The result; every frame field is made JSON-safe (corrupt counters become unknown)."""
         t0, t_pre, t_inf = times
         t_end = time.monotonic()
-        latency = Latency(capture_ms=(t0 - frame.capture_time) * 1000.0 if frame.capture_time else 0.0,
+        captured = finite_or_none(getattr(frame, "capture_time", None)) or 0.0
+        latency = Latency(capture_ms=(t0 - captured) * 1000.0 if captured else 0.0,
                           preprocess_ms=(t_pre - t0) * 1000.0, inference_ms=(t_inf - t_pre) * 1000.0,
-                          total_ms=(t_end - frame.capture_time) * 1000.0 if frame.capture_time
-                          else (t_end - t0) * 1000.0)
+                          total_ms=(t_end - captured) * 1000.0 if captured else (t_end - t0) * 1000.0)
+        name = getattr(frame, "name", "")
         return InspectionResult(
             device_id=self.device_id, seq=seq, mode=mode, reason=v.reason, score=v.score,
-            threshold=v.threshold, decision=v.decision, color_frame_number=int(frame.color_frame_number),
-            depth_frame_number=int(frame.depth_frame_number),
-            color_timestamp_ms=finite_or_none(frame.color_timestamp_ms),
-            depth_timestamp_ms=finite_or_none(frame.depth_timestamp_ms),
-            wall_time=time.time(), latency=latency, model=v.model, frame_name=frame.name)
+            threshold=v.threshold, decision=v.decision,
+            color_frame_number=frame_number_or_unknown(getattr(frame, "color_frame_number", None)),
+            depth_frame_number=frame_number_or_unknown(getattr(frame, "depth_frame_number", None)),
+            color_timestamp_ms=finite_or_none(getattr(frame, "color_timestamp_ms", None)),
+            depth_timestamp_ms=finite_or_none(getattr(frame, "depth_timestamp_ms", None)),
+            wall_time=time.time(), latency=latency, model=v.model, frame_name=name if isinstance(name, str) else "")
 
     def _overlay(self, frame: Frame, pre: Preprocessed, amap, mode: str, seq: int) -> bytes | None:
         spec = self.bundle.modes[mode]

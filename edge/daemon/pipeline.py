@@ -5,12 +5,17 @@ the main thread (status reports, drain deadline, final status, closing).
 
 The inference thread is the only one that pings the systemd watchdog, and only while the sinks
 are moving: a hung camera, engine or sink stops the pings and systemd restarts the service.
+
+A stop request (``request_stop``, a signal) is honoured at any point: during start-up between
+two steps (``StartupInterrupted``), while serving by draining. SIGHUP reloads the bundle in the
+background (reload.py) and the inference thread swaps the new model in between two frames.
+Every status message carries ``health`` ({ok, problems}): the sinks' ``health_problems`` and
+the daemon's own (a failed reload, no usable stream).
 """
 from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 
@@ -22,9 +27,11 @@ from . import startup
 from .capture import CaptureLoop
 from .control import POLL_S, RunControl, Tick, put_end, until_end
 from .counters import Counters
-from .exits import EXIT_CODES, EXIT_FATAL, EXIT_OK, StartupError, short_error
+from .exits import EXIT_CODES, EXIT_FATAL, EXIT_OK, StartupError, StartupInterrupted, short_error
 from .inspector import Inspector
-from .sinkloop import SinkLoop, publish_status_direct, sink_name
+from .reload import Reloader, bundle_digest, close_engines
+from .signals import SignalRouter
+from .sinkloop import SinkLoop, publish_sink_events, publish_status_direct, sink_name
 
 log = logging.getLogger("edge.daemon")
 
@@ -40,12 +47,14 @@ class Daemon:
     Components can be injected (tests, tools): ``bundle``, ``engines`` (dict mode -> Engine),
     ``sinks`` (list), ``source`` (an unopened Source) and ``notifier``; whatever is not given is
     built from the configuration. ``max_frames`` stops capture after that many frames, then the
-    pipeline drains and ``run`` returns 0.
+    pipeline drains and ``run`` returns 0. ``signals``: the process's SignalRouter (`rgbd-edge
+    run` installs one before start-up); with ``install_signal_handlers`` and none given, ``serve``
+    installs its own.
     """
 
     def __init__(self, config: Config, max_frames: int | None = None, *, notifier: Notifier | None = None,
                  bundle=None, engines: dict | None = None, sinks: list | None = None, source=None,
-                 install_signal_handlers: bool = False):
+                 install_signal_handlers: bool = False, signals: SignalRouter | None = None):
         self.cfg = config
         self.max_frames = max_frames
         self.notifier = notifier if notifier is not None else Notifier.from_env()
@@ -67,10 +76,17 @@ class Daemon:
         self._started_at = time.monotonic()
         self._last_ping = 0.0
         self._watchdog_s = self.notifier.watchdog_interval() if config.watchdog.enabled else None
-        self._signals = 0
         self._logged_problems: dict = {}
         self._logged_at = 0.0
         self.ready_event = threading.Event()  # set once READY=1 was sent (tests wait on it)
+        self.phase = "not started"  # the start-up step in progress (for the log of a stop request)
+        self.signals = signals
+        self._signals_seen = 0  # stop signals of ``signals`` acted on
+        self.reloader = Reloader(config, self.counters, self._reload_failed)
+        self._retired: queue.Queue = queue.Queue()  # engines of swapped-out bundles, closed by the main thread
+        self._reload_problem: str | None = None
+        self._closed_ids: set[int] = set()
+        self._close_lock = threading.Lock()
 
     @property
     def mode(self) -> str | None:
@@ -87,41 +103,59 @@ class Daemon:
         """Stop capturing; queued frames are still inspected and published (thread-safe)."""
         self.control.request_stop(reason)
 
-    def _on_signal(self, signum, _frame) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            self.request_stop(f"signal {signal.Signals(signum).name}")
-        else:  # a second signal: do not wait for the drain
-            self._abort.set()
-            self._stop.set()
+    def poll_signals(self) -> None:
+        """Act on the stop signals the router recorded since the last call (main thread): the
+        first stops (drain), a second aborts (no drain; during start-up: no wait for the step)."""
+        r = self.signals
+        while r is not None and self._signals_seen < r.stops:
+            self._signals_seen += 1
+            if self._signals_seen == 1:
+                self.request_stop(f"signal {r.received[0]}")
+            else:
+                self._abort.set()
+                self._stop.set()
+
+    def _checkpoint(self, phase: str) -> None:
+        """Between two start-up steps: raise StartupInterrupted when a stop was requested."""
+        if self._stop.is_set():
+            raise StartupInterrupted(f"{self.end_reason or 'stop requested'} during start-up ({self.phase})")
+        self.phase = phase
 
     # ------------------------------------------------------------------ start-up
 
     def start(self) -> None:
         """Create the sinks, load the bundle and the engines, open the source (in that order, so a
-        failure after the sinks are up is also published); raise StartupError with the exit code."""
+        failure after the sinks are up is also published); raise StartupError with the exit code,
+        or StartupInterrupted when a stop was requested (checked between the steps)."""
         cfg = self.cfg
+        self._checkpoint("creating sinks")
         if self.sinks is None:
             self.sinks = startup.sinks_from_config(cfg)  # first, so later start-up errors reach the line
         try:
             self._start_components()
         except StartupError as exc:
-            self._publish_direct({"state": "error", "event": "startup_failed", "exit_code": exc.code,
-                                  "error": str(exc)})
+            if not self._stop.is_set():  # a requested stop is not a failure to report
+                self._publish_direct({"state": "error", "event": "startup_failed", "exit_code": exc.code,
+                                      "error": str(exc)})
             raise
+        self._checkpoint("ready")
         self.inspector = Inspector(self.bundle, self.engines, self.selector, device_id=cfg.device_id,
                                    heatmaps=cfg.heatmaps, counters=self.counters)
         startup.log_ready(cfg, self.bundle, self.engines, self.source, self.sinks, self._watchdog_s)
 
     def _start_components(self) -> None:
         cfg = self.cfg
+        self._checkpoint("loading the bundle")
         if self.bundle is None:
             self.bundle = startup.bundle_from_config(cfg)
         startup.log_bundle(self.bundle)
+        self._checkpoint("loading engines")
         if self.engines is None:
             self.engines = startup.engines_from_config(cfg, self.bundle, self.notifier)
+        self._checkpoint("warming up engines")
         startup.check_engines(cfg, self.bundle, self.engines)
         self.selector = startup.selector_from_config(cfg, self.bundle, self.engines)
+        self._checkpoint("opening the source")
         if self.source is None:
             self.source = startup.source_from_config(cfg)
         startup.open_for_start(self.source)
@@ -135,6 +169,7 @@ class Daemon:
                     if isinstance(item, Frame):
                         self.counters.inc("dropped_at_shutdown")
                     continue
+                self._maybe_swap()  # between two frames: a reloaded bundle takes over here
                 if isinstance(item, Tick):
                     if item.kind == "reopened":
                         self.inspector.source_reopened()
@@ -156,6 +191,42 @@ class Daemon:
         if inspection.mode_change is not None:
             self._enqueue(("status", inspection.mode_change, None))
         return inspection.result, inspection.jpeg
+
+    def _maybe_swap(self) -> None:
+        """Swap in a reloaded model (inference thread, between two frames); its status event goes
+        to the sinks before the first result it scores."""
+        loaded = self.reloader.take()
+        if loaded is None:
+            return
+        old_bundle, old_engines = self.bundle, self.engines
+        self.inspector.swap_model(loaded.bundle, loaded.engines, loaded.available_modes)
+        self.bundle, self.engines = loaded.bundle, loaded.engines
+        self._reload_problem = None
+        self.counters.inc("bundle_reloads")
+        self._retired.put(old_engines)
+        seq = self.inspector.seq
+        log.info("bundle reloaded from seq %d on: %s %s (%s) replaces %s %s (%s)", seq, loaded.bundle.model_name,
+                 loaded.bundle.model_version, loaded.bundle.root, old_bundle.model_name, old_bundle.model_version,
+                 old_bundle.root)
+        self._enqueue(("status", {"state": "running", "device_id": self.cfg.device_id, "event": "bundle_reloaded",
+                                  "seq": seq, "bundle": str(loaded.bundle.root), "digest": bundle_digest(loaded.bundle),
+                                  "previous_bundle": str(old_bundle.root),
+                                  "previous_digest": bundle_digest(old_bundle),
+                                  "model": f"{loaded.bundle.model_name} {loaded.bundle.model_version}",
+                                  "modes": list(loaded.available_modes)}, None))
+
+    def _reload_failed(self, reason: str) -> None:
+        """Reloader's ``on_failed`` (reload thread): keep the running model, tell the line."""
+        self._reload_problem = f"bundle reload failed: {reason}"
+        status = {"state": "running", "device_id": self.cfg.device_id, "event": "bundle_reload_failed",
+                  "bundle": str(self.cfg.bundle), "reason": reason}
+        if self._sink_loop is None:
+            return
+        try:
+            self._results_q.put(("status", status, None), timeout=self.cfg.queues.results_timeout_s)
+        except queue.Full:
+            self.counters.inc("status_dropped")
+            log.error("results queue full: status bundle_reload_failed NOT published")
 
     def _enqueue(self, item: tuple) -> None:
         """Results and mode changes to the sinks; waits up to queues.results_timeout_s, then drops (counted)."""
@@ -204,15 +275,37 @@ class Daemon:
                     out[name] = obj.stats()
             except Exception:  # stats are best effort
                 pass
-        sinks = {}
-        for s in self.sinks or ():
-            try:
-                sinks[sink_name(s)] = s.stats()
-            except Exception:
-                pass
+        sinks = self._sink_stats()
         if sinks:
             out["sinks"] = sinks
+        out["bundle"] = {"root": str(getattr(self.bundle, "root", "")), "digest": bundle_digest(self.bundle)}
+        out["health"] = self.health(sinks)
         return out
+
+    def _sink_stats(self) -> dict:
+        out = {}
+        for s in self.sinks or ():
+            try:
+                out[sink_name(s)] = s.stats()
+            except Exception:  # stats are best effort
+                pass
+        return out
+
+    def health(self, sink_stats: dict | None = None) -> dict:
+        """``{"ok": bool, "problems": [...]}``: the sinks' ``health_problems`` (disk full, alarm
+        raised, ...), a failed bundle reload (until one succeeds), no usable stream."""
+        if sink_stats is None:
+            sink_stats = self._sink_stats()
+        problems = []
+        for name, st in sink_stats.items():
+            hp = st.get("health_problems") if isinstance(st, dict) else None
+            if isinstance(hp, (list, tuple)):
+                problems += [f"{name}: {p}" for p in hp]
+        if self._reload_problem:
+            problems.append(self._reload_problem)
+        if self.inspector is not None and self.counters["frames_inspected"] and self.mode is None:
+            problems.append("no usable stream: results are no_decision")
+        return {"ok": not problems, "problems": problems}
 
     def _problems(self) -> dict:
         c = self.counters.snapshot()
@@ -248,8 +341,10 @@ class Daemon:
             log.debug("status: %s", line)
 
     def _publish_direct(self, status: dict) -> None:
-        """publish_status from the main thread (only while the sink thread is not running)."""
+        """publish_status from the main thread (only while the sink thread is not running), then
+        the sinks' pending events."""
         publish_status_direct(self.sinks, {"device_id": self.cfg.device_id, **status}, self.counters)
+        publish_sink_events(self.sinks, self.cfg.device_id, self.counters)
 
     # ------------------------------------------------------------------ main
 
@@ -258,8 +353,20 @@ class Daemon:
         try:
             self.start()
         except StartupError as exc:
+            if self._stop.is_set():
+                return self.stopped_during_startup(str(exc))
             return self.startup_failed(exc)
+        except StartupInterrupted as exc:
+            return self.stopped_during_startup(str(exc))
         return self.serve()
+
+    def stopped_during_startup(self, what: str) -> int:
+        """A requested stop ended the start-up: close what was opened, exit 0."""
+        log.info("%s: not starting; closing what was opened", what)
+        self.notifier.stopping(f"stopping ({self.end_reason}) during start-up")
+        self.close_all()
+        log.info("exit %d (%s)", EXIT_OK, EXIT_CODES[EXIT_OK])
+        return EXIT_OK
 
     def startup_failed(self, exc: StartupError) -> int:
         """Log the start-up error, close what was opened; returns its exit code."""
@@ -270,22 +377,21 @@ class Daemon:
 
     def serve(self) -> int:
         """Run the started pipeline (``start()`` done) to the end."""
-        if self.install_signal_handlers:
-            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        else:
-            old = {}
+        own = None
+        if self.signals is None and self.install_signal_handlers:
+            own = self.signals = SignalRouter().install()
         try:
             self._start_threads()
             return self._finish(stopping_sent=self._supervise())
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            if own is not None:
+                own.restore()
 
     def _start_threads(self) -> None:
         self._started_at = time.monotonic()
         self._last_ping = time.monotonic()
         capture = CaptureLoop(self.cfg, self.source, self._capture_q, self.counters, self.control, self.max_frames)
-        self._sink_loop = SinkLoop(self.sinks, self._results_q, self.counters, self.control)
+        self._sink_loop = SinkLoop(self.sinks, self._results_q, self.counters, self.control, self.cfg.device_id)
         for name, fn in (("capture", capture.run), ("inference", self._inference_loop),
                          ("sinks", self._sink_loop.run)):
             self._threads.append(threading.Thread(target=fn, name=f"rgbd-{name}", daemon=True))
@@ -309,6 +415,7 @@ class Daemon:
         while any(t.is_alive() for t in self._threads):
             time.sleep(POLL_S)
             now = time.monotonic()
+            self._housekeeping()
             if self._stop.is_set() and not stopping_sent:
                 stopping_sent = True
                 drain_deadline = now + DRAIN_TIMEOUT_S
@@ -322,6 +429,21 @@ class Daemon:
                 last_report = now
                 self._log_status(self._report("running", via_queue=True), now)
         return stopping_sent
+
+    def _housekeeping(self) -> None:
+        """Main thread, every poll: act on signals (stop; SIGHUP: reload), close the engines of
+        swapped-out bundles."""
+        self.poll_signals()
+        if self.signals is not None and self.signals.take_reload():
+            if self._stop.is_set():
+                log.info("SIGHUP while stopping: no bundle reload")
+            else:
+                self.reloader.request()
+        while True:
+            try:
+                close_engines(self._retired.get_nowait())
+            except queue.Empty:
+                break
 
     def _drain_timed_out(self) -> None:
         running = ", ".join(t.name for t in self._threads if t.is_alive())
@@ -350,22 +472,57 @@ class Daemon:
         log.info("exit %d (%s)", code, EXIT_CODES.get(code, "?"))
         return code
 
+    def _first_close(self, obj) -> bool:
+        """True the first time ``obj`` is to be closed (close_all may run twice: the main thread
+        and an abandoned start-up step that finished late)."""
+        if obj is None:
+            return False
+        with self._close_lock:
+            if id(obj) in self._closed_ids:
+                return False
+            self._closed_ids.add(id(obj))
+            return True
+
     def close_all(self) -> None:
-        """Close the source, the sinks (flushing, SINK_CLOSE_TIMEOUT_S in all), the engines, the notifier."""
-        if self.source is not None:
+        """Close the source, the sinks (flushing, SINK_CLOSE_TIMEOUT_S in all), the engines, the
+        notifier. Stop signals meanwhile are recorded and ignored: a flush is never cut short."""
+        self.reloader.close()
+        if self._first_close(self.source):
             try:
                 self.source.close()
             except Exception as exc:
                 log.warning("source close failed: %s", short_error(exc))
-        deadline = time.monotonic() + SINK_CLOSE_TIMEOUT_S
-        for s in self.sinks or ():  # gpio first (as make_sinks orders them), then mqtt, jsonl, console
-            try:
-                s.close(max(1.0, deadline - time.monotonic()))
-            except Exception as exc:
-                log.warning("sink %s close failed: %s", sink_name(s), short_error(exc))
-        for eng in (self.engines or {}).values():
-            try:
-                eng.close()
-            except Exception as exc:
-                log.warning("engine close failed: %s", short_error(exc))
+        self._close_sinks()
+        engines = [self.engines] + list(self._drain_retired())
+        for d in engines:
+            if self._first_close(d):
+                close_engines(d)
         self.notifier.close()
+
+    def _close_sinks(self) -> None:
+        sinks = [s for s in (self.sinks or ()) if self._first_close(s)]
+        if not sinks:
+            return
+        if self.signals is not None:
+            self.signals.closing = True
+        log.info("closing the sinks (flushing, at most %.0f s)", SINK_CLOSE_TIMEOUT_S)
+        try:
+            deadline = time.monotonic() + SINK_CLOSE_TIMEOUT_S
+            for s in sinks:  # gpio first (as make_sinks orders them), then mqtt, jsonl, console
+                try:
+                    s.close(max(1.0, deadline - time.monotonic()))
+                except Exception as exc:
+                    log.warning("sink %s close failed: %s", sink_name(s), short_error(exc))
+        finally:
+            if self.signals is not None:
+                self.signals.closing = False
+                if self.signals.ignored:
+                    log.info("%s while the sinks were closing: ignored (the flush was not cut short)",
+                             ", ".join(self.signals.ignored))
+
+    def _drain_retired(self):
+        while True:
+            try:
+                yield self._retired.get_nowait()
+            except queue.Empty:
+                return

@@ -43,9 +43,13 @@ def sinks_from_config(cfg: Config) -> list:
 
 
 def bundle_from_config(cfg: Config):
-    """The configured bundle, loaded (and its files' hashes checked unless ``engine.verify_hashes`` is off)."""
+    """The configured bundle, loaded (and its files' hashes checked unless ``engine.verify_hashes`` is
+    off); with ``trusted_keys`` configured, it must be signed by one of them. The SIGHUP reload
+    calls this too, so a reloaded bundle passes exactly the checks of a start."""
+    keys = getattr(cfg, "trusted_keys", ())  # signed bundles: the keys the device trusts
+    extra = {"trusted_keys": keys} if keys else {}
     try:
-        return load_bundle(cfg.bundle, verify_hashes=cfg.engine.verify_hashes)
+        return load_bundle(cfg.bundle, verify_hashes=cfg.engine.verify_hashes, **extra)
     except BundleError as exc:
         raise StartupError(EXIT_BUNDLE, f"bundle: {exc}") from exc
 

@@ -91,6 +91,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # Errors name keys below `source` (exc.key "fps"; the message reads "source.fps: ...").
 _CHECK = Checker(prefix="source", error=SourceConfigError)
 
+# Upper bounds: beyond them a value is a typo or a unit mistake, and some would crash or hang the
+# daemon later (a frame buffer of 100000 x 100000 pixels, a wait of 1e10 ms). The RealSense D4xx
+# streams at most 1920 x 1080 (colour) and 300 fps (depth at low resolution).
+MAX_SIDE = 4096            # width, height (pixels)
+MAX_FPS = 1000             # realsense and folder fps
+MAX_TIMEOUT_MS = 60_000    # one librealsense frame wait
+MAX_TIMEOUTS = 1000        # timeouts_before_reconnect
+MAX_BACKOFF_S = 3600.0     # one reconnect delay
+MAX_BACKOFF_STEPS = 100    # entries of reconnect_backoff_s
+
 
 def validate_source_config(cfg: Any) -> dict:
     """Check a source configuration and return a new dict with every default filled in.
@@ -124,15 +134,18 @@ def _check_realsense(out: dict) -> None:
         out["serial"] = str(s)  # YAML reads an unquoted serial as a number
     elif s is not None and (not isinstance(s, str) or not s.strip()):
         raise _CHECK.fail("serial", f"must be the camera's serial number as a string, or null, got {describe(s)}")
-    for k in ("width", "height", "fps", "timeouts_before_reconnect"):
-        _CHECK.positive_int(out[k], k)
-    _CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, lo_open=True)
+    for k, top in (("width", MAX_SIDE), ("height", MAX_SIDE), ("fps", MAX_FPS),
+                   ("timeouts_before_reconnect", MAX_TIMEOUTS)):
+        _CHECK.positive_int(out[k], k, maximum=top)
+    _at_most(_CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, lo_open=True), "timeout_ms", MAX_TIMEOUT_MS)
     for k in ("align_to_color", "hardware_reset"):
         _CHECK.boolean(out[k], k)
     b = out["reconnect_backoff_s"]
-    if not isinstance(b, list) or not b:
-        raise _CHECK.fail("reconnect_backoff_s", f"must be a non-empty list of seconds, got {describe(b)}")
-    out["reconnect_backoff_s"] = [_CHECK.number(x, f"reconnect_backoff_s[{i}]", lo=0) for i, x in enumerate(b)]
+    if not isinstance(b, list) or not b or len(b) > MAX_BACKOFF_STEPS:
+        raise _CHECK.fail("reconnect_backoff_s", f"must be a non-empty list of at most {MAX_BACKOFF_STEPS} "
+                                                 f"delays in seconds, got {describe(b)}")
+    out["reconnect_backoff_s"] = [_at_most(_CHECK.number(x, f"reconnect_backoff_s[{i}]", lo=0),
+                                           f"reconnect_backoff_s[{i}]", MAX_BACKOFF_S) for i, x in enumerate(b)]
 
 
 def _check_recording(out: dict) -> None:
@@ -148,8 +161,15 @@ def _check_folder(out: dict) -> None:
     _check_path(out)
     if not isinstance(out["split"], str) or not out["split"]:
         raise _CHECK.fail("split", f"must be a split folder name such as 'test', got {describe(out['split'])}")
-    _CHECK.number(out["fps"], "fps", lo=0)
+    _at_most(_CHECK.number(out["fps"], "fps", lo=0), "fps", MAX_FPS)
     _CHECK.boolean(out["loop"], "loop")
+
+
+def _at_most(value: float, key: str, top: float) -> float:
+    """``value`` (already checked from below) when it is at most ``top``; the error names the bound."""
+    if value > top:
+        raise _CHECK.fail(key, f"must be at most {top:g}, got {value:g}")
+    return value
 
 
 def _check_path(out: dict) -> None:

@@ -7,8 +7,11 @@
 
 Each frameset then goes through the same code: optional librealsense filters (spatial,
 temporal, hole_filling), ``rs.align(rs.stream.color)``, depth counts x the depth sensor's scale
--> float32 metres (0 stays missing), colour -> RGB uint8, frame numbers and timestamps of the
-*original* frames passed through unchanged.
+-> float32 metres (0 stays missing; the Frame's ``depth_scale`` stays None because the depth is
+metres already), colour -> RGB uint8, frame numbers and timestamps of the *original* frames
+passed through unchanged (``rs.align`` makes a new depth frame on the colour grid; the numbers
+and timestamps are read from the frameset's own depth frame, not from the aligned copy), and
+the colour stream's frame period, so the fallback can tell a depth frame of another capture.
 
 Staleness. The librealsense pipeline always hands out complete framesets: when one stream has
 no new frame it repeats the last one it had (same frame number, same timestamp). This happens
@@ -90,6 +93,7 @@ class RealSenseSession:
     playback: Any = None               # rs.playback for recordings
     serial: str = ""
     description: str = ""
+    frame_period_ms: float | None = None  # 1000 / the colour stream's fps (the fallback pairs depth with it)
 
     def stop(self) -> None:
         try:
@@ -268,10 +272,13 @@ class RealSenseSource(BaseSource):
         filters = [makers[f]() for f in self.cfg["filters"]]
         desc = ", ".join(f"{k} {s.width()}x{s.height()} {str(s.format()).rsplit('.', 1)[-1]} @ {s.fps()}"
                          for k, s in streams.items())
+        fps = ref.fps()
+        period = 1000.0 / fps if fps and fps > 0 else None
         log.info("%s: started (%s; depth scale %s m; filters %s; aligned to colour: %s)", self.name, desc,
                  depth_scale, ",".join(self.cfg["filters"]) or "none", align is not None)
         return RealSenseSession(pipeline=pipeline, depth_scale=depth_scale, intrinsics=intr, align=align,
-                                filters=filters, playback=playback, serial=serial, description=desc)
+                                filters=filters, playback=playback, serial=serial, description=desc,
+                                frame_period_ms=period)
 
     # ------------------------------------------------------------------ reading
     def _read(self, timeout_s: float) -> Frame:
@@ -464,6 +471,7 @@ class RealSenseSource(BaseSource):
             intrinsics=session.intrinsics,
             capture_time=time.monotonic(),
             source=self.name,
+            frame_period_ms=session.frame_period_ms,
         )
 
     def _to_rgb(self, f) -> np.ndarray:

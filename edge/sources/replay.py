@@ -3,7 +3,9 @@
 Frame numbers are the sequence index of the read (both streams; it keeps counting across
 ``loop`` restarts, so it never repeats); timestamps are synthetic (``index * 1000 / fps``) when
 ``fps`` > 0, else the milliseconds since ``open()``. ``name``/``label`` come from the sample,
-intrinsics from the dataset when it has them (rgbd-folder ``dataset.yaml``).
+intrinsics from the dataset when it has them (rgbd-folder ``dataset.yaml``). Depth comes from the
+dataset readers as float32 metres (an rgbd-folder's 16-bit PNGs times its ``depth_scale``), so the
+Frame's ``depth_scale`` stays None.
 """
 from __future__ import annotations
 
@@ -93,6 +95,7 @@ class FolderSource(BaseSource):
             source=self.name,
             name=sample.name,
             label=sample.label,
+            frame_period_ms=1000.0 / self.fps if self.fps > 0 else None,
         )
         self._pos += 1
         self._seq += 1
