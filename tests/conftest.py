@@ -28,6 +28,13 @@ TINY_COUNTS = dict(n_train=6, n_validation=3, n_test_good=3, n_test_per_defect=2
 TINY_EPOCHS = 2
 
 
+@pytest.fixture(autouse=True)
+def _own_runtime_dir(tmp_path, monkeypatch):
+    """The daemon's single-instance lock lives in each test's own directory, not /run/rgbd-edge (which
+    another run on this machine, or a real service, may hold); subprocesses inherit it."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+
+
 @pytest.fixture(scope="session")
 def torch_single_thread():
     """One torch thread: with 2 cores, intra-op threads fighting other processes are

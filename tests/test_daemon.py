@@ -119,13 +119,6 @@ def _info_logs(caplog):
     caplog.set_level(logging.INFO)
 
 
-@pytest.fixture(autouse=True)
-def _own_runtime_dir(tmp_path, monkeypatch):
-    """The single-instance lock lives in each test's own directory (not /run/rgbd-edge, which
-    other runs on this machine may use); subprocesses inherit it."""
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny")

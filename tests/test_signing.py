@@ -428,3 +428,31 @@ def test_bundle_module_does_not_import_cryptography():
             "edge.cli.build_parser(); print('cryptography' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_daemon_with_a_trusted_key_runs_only_bundles_that_key_signed(tmp_path, keys):
+    """The real daemon process with `trusted_keys`: unsigned -> exit 3, re-signed by another key
+    -> exit 3, signed by the trusted key -> runs."""
+    from test_daemon import _dataset, make_bundle as runnable_bundle
+
+    root = runnable_bundle(tmp_path / "b")
+    data = _dataset(tmp_path / "data")
+    doc = {"device_id": "cam", "bundle": str(root), "trusted_keys": [str(keys["line.pub"])],
+           "engine": {"backend": "onnxruntime", "precision": "fp32", "threads": 1},
+           "source": {"type": "folder", "path": str(data), "split": "test"},
+           "sinks": {"jsonl": {"path": "results.jsonl"}}}
+    cfg = tmp_path / "rgbd-edge.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+
+    seal_bundle(root)
+    proc = _run_daemon(cfg)
+    assert proc.returncode == 3 and "not signed" in proc.stderr, proc.stderr
+    seal_bundle(root, key=keys["other"])
+    proc = _run_daemon(cfg)
+    assert proc.returncode == 3 and "does not trust" in proc.stderr, proc.stderr
+    log = tmp_path / "results.jsonl"
+    assert not log.exists() or not log.read_text().strip()  # nothing inspected by an untrusted model
+    seal_bundle(root, key=keys["line"])
+    proc = _run_daemon(cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "results.jsonl").read_text().strip()
