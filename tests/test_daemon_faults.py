@@ -28,7 +28,7 @@ from edge.sinks import make_sinks
 from edge.sources import open_source
 from edge.sources.recorder import write_recording
 from test_daemon import N_TEST, make_bundle, read_results, write_config
-from test_daemon import _own_runtime_dir, bundle_dir, replay  # noqa: F401  (fixtures)
+from test_daemon import bundle_dir, replay  # noqa: F401  (fixtures)
 
 
 class Catch:
