@@ -136,7 +136,7 @@ def _check_realsense(out: dict) -> None:
         raise _CHECK.fail("serial", f"must be the camera's serial number as a string, or null, got {describe(s)}")
     for k, top in (("width", MAX_SIDE), ("height", MAX_SIDE), ("fps", MAX_FPS),
                    ("timeouts_before_reconnect", MAX_TIMEOUTS)):
-        _CHECK.positive_int(out[k], k, maximum=top)
+        _at_most(_CHECK.positive_int(out[k], k), k, top)
     _at_most(_CHECK.number(out["timeout_ms"], "timeout_ms", lo=0, lo_open=True), "timeout_ms", MAX_TIMEOUT_MS)
     for k in ("align_to_color", "hardware_reset"):
         _CHECK.boolean(out[k], k)
