@@ -47,20 +47,31 @@ scratch = _Scratch()
 # ----------------------------------------------------------------------------- depth resize
 
 
-def _clean_depth(depth: np.ndarray) -> np.ndarray:
-    """Depth as float32 with every missing point (0, negative, NaN, +-inf) set to 0. Scratch."""
+def _clean_depth(depth: np.ndarray, finite: bool) -> np.ndarray:
+    """Depth as float32 in a scratch buffer with 0, negative values and -inf set to 0; with
+    `finite`, NaN and +inf too (two more passes, needed only when the frame has them)."""
     clean = scratch("clean", depth.shape[:2])
+    src = depth
     if depth.dtype != np.float32:
         np.copyto(clean, depth, casting="unsafe")
         src = clean
-    else:
-        src = depth
-    if np.issubdtype(depth.dtype, np.floating):
+    if finite:
         cv2.threshold(src, _FLT_MAX, 0, cv2.THRESH_TOZERO_INV, dst=clean)  # +inf -> 0; NaN passes
         cv2.patchNaNs(clean, 0)
         src = clean
     cv2.threshold(src, 0, 0, cv2.THRESH_TOZERO, dst=clean)  # <= 0 and -inf -> 0
     return clean
+
+
+def _area_resize(depth: np.ndarray, size: int, finite: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of measured depth, share measured) per model pixel, both area-resized (scratch)."""
+    clean = _clean_depth(depth, finite)
+    ones = scratch("ones", clean.shape)
+    cv2.threshold(clean, 0, 1, cv2.THRESH_BINARY, dst=ones)
+    z, den = scratch("z", (size, size)), scratch("den", (size, size))
+    cv2.resize(clean, (size, size), dst=z, interpolation=cv2.INTER_AREA)
+    cv2.resize(ones, (size, size), dst=den, interpolation=cv2.INTER_AREA)
+    return z, den
 
 
 def resize_depth_scratch(depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,14 +81,14 @@ def resize_depth_scratch(depth: np.ndarray, size: int) -> tuple[np.ndarray, np.n
     A model pixel is measured when more than half of its footprint is; z is the mean of the
     measured points in it. Depth and validity are resized separately, as the definition does:
     one two-channel resize is faster, but OpenCV's integer-factor area path sums two channels in
-    another order than one, so it would not give the same bits on every frame size.
+    another order than one, so it would not give the same bits on every frame size. A NaN or
+    +inf anywhere in the frame reaches the resized sum (every source pixel has a weight in it,
+    and NaN * 0 is NaN), so frames without them skip the passes that clear them.
     """
-    clean = _clean_depth(depth)
-    ones = scratch("ones", clean.shape)
-    cv2.threshold(clean, 0, 1, cv2.THRESH_BINARY, dst=ones)
-    z, den, valid_f = (scratch(n, (size, size)) for n in ("z", "den", "valid_f"))
-    cv2.resize(clean, (size, size), dst=z, interpolation=cv2.INTER_AREA)
-    cv2.resize(ones, (size, size), dst=den, interpolation=cv2.INTER_AREA)
+    z, den = _area_resize(depth, size, finite=False)
+    if np.issubdtype(depth.dtype, np.floating) and not cv2.checkRange(z)[0]:
+        z, den = _area_resize(depth, size, finite=True)
+    valid_f = scratch("valid_f", (size, size))
     valid = den > 0.5
     cv2.threshold(den, 0.5, 1, cv2.THRESH_BINARY, dst=valid_f)
     np.maximum(den, 1e-6, out=den)
@@ -109,20 +120,22 @@ def fill_in_place(out: np.ndarray, valid: np.ndarray) -> np.ndarray:
     at growing scales (box filters 3, 7, 15, ...), in place.
 
     Box sums of `out` are the definition's box sums of out * weight (out is 0 wherever the
-    weight is), and a pixel filled takes num / den (den a pixel count >= 1) added to its 0: the
-    definition's values, without its masked gathers.
+    weight is), the weights' box sums are pixel counts (exact from the 0/1 mask as uint8), and a
+    pixel filled takes num / den (den >= 1) added to its 0: the definition's values, without its
+    masked gathers.
     """
     shape = out.shape
     todo = np.logical_not(valid, out=scratch("todo", shape, bool))
     if not todo.any():
         return out
-    w = scratch("w", shape)
-    np.copyto(w, valid)
+    done = scratch("done", shape, bool)
+    np.copyto(done, valid)
     num, den, hit = scratch("num", shape), scratch("den_box", shape), scratch("hit", shape, bool)
     k, limit = 3, 2 * max(shape)
     while k <= limit:
         cv2.boxFilter(out, -1, (k, k), dst=num, normalize=False, borderType=cv2.BORDER_REFLECT)
-        cv2.boxFilter(w, -1, (k, k), dst=den, normalize=False, borderType=cv2.BORDER_REFLECT)
+        cv2.boxFilter(done.view(np.uint8), cv2.CV_32F, (k, k), dst=den, normalize=False,
+                      borderType=cv2.BORDER_REFLECT)
         np.greater(den, 0, out=hit)
         hit &= todo
         np.maximum(den, 1.0, out=den)
@@ -132,7 +145,7 @@ def fill_in_place(out: np.ndarray, valid: np.ndarray) -> np.ndarray:
         todo ^= hit
         if not todo.any():
             break
-        w += hit
+        done |= hit
         k = 2 * k + 1
     return out
 
@@ -150,10 +163,10 @@ def foreground(height_m: np.ndarray, min_height_m: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- encodings
 
 
-def normals_scratch(hn: np.ndarray, gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The surface normal of the height map (nx, ny, nz in [-1, 1], scratch): the slopes -g*gx
-    and -g*gy (3 x 3 Sobel / 8, reflected borders) and 1, over sqrt(1 + (g*gx)^2 + (g*gy)^2)."""
-    sx, sy, nz = (scratch(n, hn.shape) for n in ("nx", "ny", "nz"))
+def slopes_scratch(hn: np.ndarray, gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sx, sy, nz), scratch: the height map's slopes -g*gx and -g*gy (3 x 3 Sobel / 8, reflected
+    borders) and nz = 1 / sqrt(1 + sx^2 + sy^2). The surface normal is (sx*nz, sy*nz, nz)."""
+    sx, sy, nz = (scratch(n, hn.shape) for n in ("sx", "sy", "nz"))
     cv2.Sobel(hn, cv2.CV_32F, 1, 0, dst=sx, ksize=3, scale=-gain / 8.0, borderType=cv2.BORDER_REFLECT)
     cv2.Sobel(hn, cv2.CV_32F, 0, 1, dst=sy, ksize=3, scale=-gain / 8.0, borderType=cv2.BORDER_REFLECT)
     np.multiply(sx, sx, out=nz)
@@ -161,32 +174,32 @@ def normals_scratch(hn: np.ndarray, gain: float) -> tuple[np.ndarray, np.ndarray
     nz += np.float32(1.0)
     cv2.sqrt(nz, dst=nz)
     np.reciprocal(nz, out=nz)
-    sx *= nz
-    sy *= nz
     return sx, sy, nz
 
 
 def encode_into(out: np.ndarray, hn: np.ndarray, encoding: str, gain: float | None, norm) -> None:
     """The 3-channel [0, 1] depth encoding of the normalised height `hn` into `out`
     (3 x S x S float32), each channel then normalised (x - mean) / std with `norm`'s float32
-    (mean, std) pairs. `gain` is the normal gain (unused by "height")."""
-    channels: list = [None, None, None]  # None: the clipped height
+    (mean, std) pairs. `gain` is the normal gain (unused by "height").
+
+    A normal component n in [-1, 1] maps to (n + 1) / 2, so its channel is
+    n * (0.5 / std) + (0.5 - mean) / std: one scaled product and one sum per channel."""
     if encoding != "height":
-        nx, ny, nz = normals_scratch(hn, gain)
-        channels[:2] = nx, ny
-        if encoding == "normals":
-            channels[2] = nz
-    clip01 = None
-    if any(c is None for c in channels):
-        clip01 = np.clip(hn, 0.0, 1.0, out=scratch("clip01", hn.shape))
-    for ch, n in enumerate(channels):
-        m, s = norm[ch]
-        if n is None:  # exactly the definition's two roundings
-            np.subtract(clip01, m, out=out[ch])
-            np.divide(out[ch], s, out=out[ch])
-        else:  # ((n + 1) / 2 - m) / s = n * (0.5 / s) + (0.5 - m) / s
-            np.multiply(n, np.float32(0.5 / s), out=out[ch])
+        sx, sy, nz = slopes_scratch(hn, gain)
+        for ch, slope in enumerate((sx, sy)):
+            m, s = norm[ch]
+            cv2.multiply(slope, nz, dst=out[ch], scale=float(0.5 / s))
             out[ch] += np.float32((0.5 - m) / s)
+        if encoding == "normals":
+            m, s = norm[2]
+            np.multiply(nz, np.float32(0.5 / s), out=out[2])
+            out[2] += np.float32((0.5 - m) / s)
+            return
+    clip01 = np.clip(hn, 0.0, 1.0, out=scratch("clip01", hn.shape))
+    for ch in range(0 if encoding == "height" else 2, 3):
+        m, s = norm[ch]  # exactly the definition's two roundings
+        np.subtract(clip01, m, out=out[ch])
+        np.divide(out[ch], s, out=out[ch])
 
 
 @lru_cache(maxsize=8)
