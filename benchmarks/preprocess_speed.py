@@ -31,16 +31,7 @@ from benchmarks._report import add_data_option, command, data_root, machine, med
     write_section
 from edge.background_plane import check_plane, fit_plane_inverse_depth, plane_grid
 from edge.preprocess import PreprocessParams, crop_roi, fit_depth_normalisation, preprocess
-from edge.preprocess_kernels import (
-    channel_norm,
-    encode_into,
-    fill_in_place,
-    foreground,
-    height_from_plane,
-    resize_depth_scratch,
-    rgb_into,
-    scratch,
-)
+from edge import preprocess_kernels as kernels
 
 RECORDING = data_root() / "realsense" / "single_depth_color_640x480.bag"
 STEPS = ("resize", "plane", "height", "fill", "foreground", "encode", "rgb")
@@ -61,7 +52,8 @@ def cable_gland_frames(root, size: int):
     """(params fitted on the train split, test frames scaled to 640x480)."""
     from calibrate.dataset import load_raw
 
-    params = fit_depth_normalisation([s.depth for s in load_raw(root, "train", False)], PreprocessParams(image_size=size))
+    train = load_raw(root, "train", False)
+    params = fit_depth_normalisation([s.depth for s in train], PreprocessParams(image_size=size))
     frames = [(cv2.resize(s.rgb, (640, 480), interpolation=cv2.INTER_LINEAR),
                cv2.resize(s.depth, (640, 480), interpolation=cv2.INTER_NEAREST)) for s in load_raw(root, "test", False)]
     return params, frames
@@ -114,7 +106,7 @@ def stepwise(rgb, depth, params: PreprocessParams, laps: dict):
         laps.setdefault(name, []).append(now - t)
         t = now
 
-    z, valid, valid_f = resize_depth_scratch(crop_roi(depth, params.roi), size)
+    z, valid, valid_f = kernels.resize_depth_scratch(crop_roi(depth, params.roi), size)
     lap("resize")
     if params.plane is not None:
         grid = plane_grid(params.plane, size, params.plane_border_frac)
@@ -124,20 +116,21 @@ def stepwise(rgb, depth, params: PreprocessParams, laps: dict):
                                         params.ransac_iters, params.ransac_seed)
         grid = plane_grid(plane, size, params.plane_border_frac, cache=False)
     lap("plane")
-    height = height_from_plane(z, valid_f, grid)
+    height = kernels.height_from_plane(z, valid_f, grid)
     lap("height")
-    fill_in_place(height, valid)
+    kernels.fill_in_place(height, valid)
     lap("fill")
-    fg = foreground(height, params.fg_min_height_m)
+    fg = kernels.foreground(height, params.fg_min_height_m)
     lap("foreground")
     hn = np.clip(np.divide(height, params.height_scale_m), -0.25, 1.25)
     depth_in = np.empty((3, size, size), np.float32)
-    encode_into(depth_in, hn, params.depth_encoding, params.normal_gain, channel_norm(params.rgb_mean, params.rgb_std))
+    kernels.encode_into(depth_in, hn, params.depth_encoding, params.normal_gain,
+                        kernels.channel_norm(params.rgb_mean, params.rgb_std))
     lap("encode")
-    rgb_s = scratch("rgb_s", (size, size, 3), np.uint8)
+    rgb_s = kernels.scratch("rgb_s", (size, size, 3), np.uint8)
     cv2.resize(crop_roi(rgb, params.roi), (size, size), dst=rgb_s, interpolation=cv2.INTER_AREA)
     rgb_in = np.empty((3, size, size), np.float32)
-    rgb_into(rgb_in, rgb_s, params.rgb_mean, params.rgb_std)
+    kernels.rgb_into(rgb_in, rgb_s, params.rgb_mean, params.rgb_std)
     lap("rgb")
     return depth_in, rgb_in, fg
 
@@ -181,7 +174,8 @@ def measure(name: str, params: PreprocessParams, frames, repeats: int) -> dict:
             "per-frame fit": timed(lambda r, d: preprocess(r, d, per_frame), frames, repeats),
             "site plane": timed(lambda r, d: preprocess(r, d, params), frames, repeats),
         },
-        "steps": {"per-frame fit": breakdown(frames, per_frame, repeats), "site plane": breakdown(frames, params, repeats)},
+        "steps": {"per-frame fit": breakdown(frames, per_frame, repeats),
+                  "site plane": breakdown(frames, params, repeats)},
         "diff": {"per-frame fit": differences(frames, per_frame), "site plane": differences(frames, params)},
     }
 
@@ -201,7 +195,8 @@ def report(results: list[dict], size: int, pinned: str, argv) -> str:
             diffs.append(f"| {r['name']} | {path} | {d['rgb']:.1e} | {d['depth']:.1e} | {d['height']:.1e} "
                          f"| {d['foreground_pixels']} |")
     site_note = "" if all(r["site"] for r in results) else \
-        "\n- A frame set whose captures share no plane has no site plane: its \"site plane\" row is the per-frame fit.\n"
+        "\n- A frame set whose captures share no plane has no site plane: its \"site plane\" row is the per-frame\n" \
+        "  fit.\n"
     return f"""## Preprocessing per 640x480 frame, one core (`preprocess_speed`)
 
 Milliseconds per 640x480 RGB-D frame to model inputs at {size} x {size} (`edge.preprocess.preprocess`),

@@ -120,7 +120,8 @@ class PlaneGrid:
     """What a fixed plane costs once per (plane, size) instead of once per frame.
 
     `z_plane` is the definition's float64 plane depth (1 / (a*u + b*v + c) over the float32
-    grid), so the height comes out bit for bit as the straightforward definition gives it. `sample` is the border-band sample of the plane check, `sample_z` the plane's depth there.
+    grid), so the height comes out bit for bit as the straightforward definition gives it.
+    `sample` is the border-band sample of the plane check, `sample_z` the plane's depth there.
     """
 
     plane: Plane

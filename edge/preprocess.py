@@ -16,10 +16,11 @@ The plane is in inverse depth: for a pinhole camera a 3-D plane has 1/z linear
 in pixel coordinates, so no intrinsics are needed (edge/background_plane.py).
 
 Speed: a 640x480 frame costs a few passes at full resolution (depth cleaning
-and the two area resizes) and a few dozen at model resolution; OpenCV and
-in-place numpy, float32 except where the height is computed, and the
-per-plane grids are cached. tests/preprocess_reference.py keeps the
-straightforward definition these steps must equal (docs/preprocessing.md).
+and the area resizes) and a few dozen at model resolution
+(edge/preprocess_kernels.py), and a site plane's per-pixel grid is computed once
+(edge/background_plane.py). tests/preprocess_reference.py keeps the
+straightforward definition these steps must equal (docs/preprocessing.md,
+"What identical means").
 """
 from __future__ import annotations
 

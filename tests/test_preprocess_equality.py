@@ -222,17 +222,9 @@ def test_equal_to_reference_on_real_cable_gland_captures(real_data):
 @pytest.mark.realdata("realsense/single_depth_color_640x480.bag")
 def test_equal_to_reference_on_the_real_d435_recording(real_data):
     from edge.sources import open_source
-    from edge.sources.base import EndOfStream
+    from test_sources import read_all
 
-    src = open_source({"type": "recording", "path": str(real_data)})
-    frames = []
-    with src:
-        for _ in range(10):
-            try:
-                f = src.read(5.0)
-            except EndOfStream:
-                break
-            frames.append((f.rgb, f.depth))
+    frames = [(f.rgb, f.depth) for f in read_all(open_source({"type": "recording", "path": str(real_data)}))]
     assert len(frames) == 2 and frames[0][1].shape == (480, 640)
     depths = [d for _, d in frames]
     for params in variants(depths, fitted=False):
