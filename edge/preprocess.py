@@ -286,8 +286,9 @@ def preprocess(rgb: np.ndarray, depth: np.ndarray, params: PreprocessParams) -> 
     d = depth_path(depth, params)
     depth_in, hn = depth_input(d.height, d.foreground, params)
     size = params.image_size
-    rgb_s = scratch("rgb_s", (size, size, 3), np.uint8)
-    cv2.resize(crop_roi(rgb, params.roi), (size, size), dst=rgb_s, interpolation=cv2.INTER_AREA)
+    # into a reused buffer when uint8 (OpenCV returns a new array for any other type)
+    rgb_s = cv2.resize(crop_roi(rgb, params.roi), (size, size), dst=scratch("rgb_s", (size, size, 3), np.uint8),
+                       interpolation=cv2.INTER_AREA)
     rgb_in = rgb_input(rgb_s, params)
     return Preprocessed(
         rgb=rgb_in,

@@ -222,6 +222,11 @@ def _rgb_tables(mean: tuple, std: tuple) -> tuple[np.ndarray, ...]:
 def rgb_into(out: np.ndarray, rgb_s: np.ndarray, mean: tuple, std: tuple) -> None:
     """RGB uint8 at model resolution -> the normalised 3 x S x S model input in `out`: one table
     look-up per value."""
+    if rgb_s.dtype != np.uint8:  # not a camera image: the definition's arithmetic as it stands
+        x = rgb_s.astype(np.float32) / 255.0
+        for ch, (m, s) in enumerate(channel_norm(mean, std)):
+            out[ch] = (x[..., ch] - m) / s
+        return
     tables = _rgb_tables(mean, std)
     planes = [scratch(f"rgb{c}", rgb_s.shape[:2], np.uint8) for c in range(3)]
     cv2.split(rgb_s, planes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -139,6 +140,9 @@ def moved(parts, how: str):
         elif how == "tilted":  # turned about the image's vertical axis: 1/z gains a slope across the image
             u = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
             d[ok] = 1.0 / (1.0 / d[ok] + 0.02 * np.broadcast_to(u, d.shape)[ok])
+        elif how == "rolled":  # turned 30 degrees about its optical axis (the belt is not square to it)
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), 30.0, 1.0)
+            d = cv2.warpAffine(d, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
         yield s.rgb, d
 
 
@@ -166,7 +170,7 @@ def test_a_part_covering_most_of_the_border_band_does_not_trigger(line, real_dat
 
 
 @pytest.mark.realdata("mvtec3d/cable_gland")
-@pytest.mark.parametrize("how", ["away", "closer", "tilted"])
+@pytest.mark.parametrize("how", ["away", "closer", "tilted", "rolled"])
 def test_a_moved_camera_is_detected_within_n_frames_and_the_plane_refitted(line, real_data, how):
     params, parts = line
     watch = PlaneWatch(params, PlaneWatchConfig(frames=N))

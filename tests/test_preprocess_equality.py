@@ -230,3 +230,9 @@ def test_equal_to_reference_on_the_real_d435_recording(real_data):
     for params in variants(depths, fitted=False):
         for rgb, depth in frames:
             assert_equal_to_reference(rgb, depth, params, "D435")
+
+
+def test_equal_to_reference_for_a_colour_image_that_is_not_uint8(generated):
+    rgb, depth = generated[3]
+    params = PreprocessParams(plane=site_plane_of([depth], PreprocessParams()))
+    assert_equal_to_reference(rgb.astype(np.float32), depth, params, "float32 colour")

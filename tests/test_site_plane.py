@@ -102,6 +102,18 @@ def test_site_plane_round_trips_and_old_parameter_dicts_load():
             PreprocessParams(plane=bad)
 
 
+def test_bundle_checks_take_the_site_plane():
+    """edge.bundle checks preprocess.yaml's values against PreprocessParams' annotations."""
+    import typing
+
+    from edge.checks import type_ok
+
+    hint = typing.get_type_hints(PreprocessParams)["plane"]
+    assert type_ok([0.01, -0.02, 2.0], hint) and type_ok(None, hint) and type_ok([0, 0, 2], hint)
+    assert not type_ok([0.01, 2.0], hint) and not type_ok([0.01, "x", 2.0], hint)
+    assert not type_ok([0.01, float("inf"), 2.0], hint)
+
+
 @pytest.mark.realdata("mvtec3d/cable_gland")
 def test_site_plane_of_real_cable_gland_captures(real_data):
     from edge.data import open_dataset
