@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.data import open_dataset
-from edge.preprocess import PreprocessParams, crop_roi, preprocess, resize_rgb
+from edge.preprocess import PreprocessParams, crop_roi, params_for_sample, preprocess, resize_rgb
 
 
 @dataclass
@@ -52,7 +52,7 @@ def load_normal_raw(root, progress: bool = True) -> tuple[list, str]:
 def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str = "preprocess") -> PreparedSplit:
     rgb, depth, fg, height, masks, thumbs, vf = [], [], [], [], [], [], []
     for s in tqdm(samples, desc=desc, disable=not progress, leave=False):
-        p = preprocess(s.rgb, s.depth, params)
+        p = preprocess(s.rgb, s.depth, params_for_sample(params, s))  # a posed capture: its plane moved with it
         rgb.append(p.rgb)
         depth.append(p.depth)
         fg.append(p.foreground[None].astype(np.float32))

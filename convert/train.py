@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from edge.checks import load_yaml
 from edge.data import open_dataset
-from edge.preprocess import PreprocessParams, fit_depth_normalisation
+from edge.preprocess import POSE_KEY, PreprocessParams, fit_depth_normalisation
 
 from .ema import WeightEMA
 from .models import create_model
@@ -132,7 +132,8 @@ def augment_samples(samples, rotations: int, flip: bool):
                     out.append(s)
                     continue
                 r, d = rotate_capture(s.rgb, s.depth, angle, f)
-                out.append(RGBDSample(rgb=r, depth=d, label=s.label, defect=s.defect, name=f"{s.name}@r{angle:g}{'f' if f else ''}"))
+                out.append(RGBDSample(rgb=r, depth=d, label=s.label, defect=s.defect, name=f"{s.name}@r{angle:g}{'f' if f else ''}",
+                                      meta={**s.meta, POSE_KEY: (s.depth.shape, angle, f)}))
     return out
 
 

@@ -6,22 +6,49 @@ is saved with every trained model, so the Jetson computes exactly what
 training saw.
 
 Depth path, all at the model's resolution (cheap, and resolution-independent):
-validity-aware resize -> robust background-plane fit on the image border
-(RANSAC, then least squares on the inliers) -> height above the plane ->
-fill missing points by normalised convolution -> foreground mask -> height
-normalised by a scale fitted on training data -> 3-channel encoding that an
-ImageNet encoder understands (see DEPTH_ENCODINGS).
+validity-aware resize -> background plane (the site plane fitted once on the
+training captures, or a robust fit on this frame's border when there is none)
+-> height above the plane -> fill missing points by normalised convolution ->
+foreground mask -> height normalised by a scale fitted on training data ->
+3-channel encoding that an ImageNet encoder understands (see DEPTH_ENCODINGS).
 
-The plane is fitted in inverse depth: for a pinhole camera a 3-D plane has
-1/z linear in pixel coordinates, so no intrinsics are needed.
+The plane is in inverse depth: for a pinhole camera a 3-D plane has 1/z linear
+in pixel coordinates, so no intrinsics are needed (edge/background_plane.py).
+
+Speed: a 640x480 frame costs a few passes at full resolution (depth cleaning
+and the area resizes) and a few dozen at model resolution
+(edge/preprocess_kernels.py), and a site plane's per-pixel grid is computed once
+(edge/background_plane.py). tests/preprocess_reference.py keeps the
+straightforward definition these steps must equal (docs/preprocessing.md,
+"What identical means").
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Iterable
 
 import cv2
 import numpy as np
+
+from edge.background_plane import check_plane, fit_plane_inverse_depth, fit_site_plane, plane_for_pose, plane_grid
+from edge.preprocess_kernels import (
+    channel_norm,
+    encode_into,
+    fill_in_place,
+    foreground,
+    height_from_plane,
+    resize_depth_scratch,
+    rgb_into,
+    scratch,
+)
+
+__all__ = [
+    "DEPTH_ENCODINGS", "IMAGENET_MEAN", "IMAGENET_STD", "PARAMS_VERSION", "PreprocessParams", "Preprocessed",
+    "crop_roi", "depth_input", "encode_depth", "fill_missing", "fit_depth_normalisation",
+    "fit_plane_inverse_depth", "height_above_plane", "params_for_pose", "params_for_sample", "POSE_KEY",
+    "preprocess", "resize_depth",
+    "resize_mask", "resize_rgb", "rgb_input",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +59,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEPTH_ENCODINGS = ("height", "normals", "normals_height")
 
 PARAMS_VERSION = 1
+
+# The fewest measured model pixels a frame needs for a height map: below it there is no plane
+# (the per-frame fit gives up at the same count).
+MIN_MEASURED = 16
 
 
 @dataclass
@@ -53,6 +84,10 @@ class PreprocessParams:
     height_scale_m: float | None = None
     normal_gain: float | None = None
     version: int = PARAMS_VERSION
+    # The site's background plane, 1/z = a*u + b*v + c on the model grid (u, v in [-1, 1]),
+    # fitted once over the training captures by fit_depth_normalisation(). None = fit a plane
+    # on every frame's border band (slower; what runs saved before the site plane do).
+    plane: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.depth_encoding not in DEPTH_ENCODINGS:
@@ -64,6 +99,10 @@ class PreprocessParams:
             x0, y0, x1, y1 = self.roi
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise ValueError(f"roi must be fractions x0<x1, y0<y1 in [0, 1], got {self.roi}")
+        if self.plane is not None:
+            self.plane = tuple(float(v) for v in self.plane)
+            if len(self.plane) != 3 or not np.all(np.isfinite(self.plane)):
+                raise ValueError(f"plane must be three finite coefficients (a, b, c), got {self.plane}")
         self.rgb_mean = tuple(float(v) for v in self.rgb_mean)
         self.rgb_std = tuple(float(v) for v in self.rgb_std)
 
@@ -93,10 +132,12 @@ class Preprocessed:
     height: np.ndarray  # S x S float32, normalised height above the plane
     valid_fraction: float  # share of depth pixels that were measured
     plane_ok: bool  # False when no background plane could be fitted
+    # With a site plane: the plane check of edge.background_plane.check_plane (plane_points,
+    # plane_inlier_fraction, plane_below_fraction, plane_residual_m). Empty without one.
     stats: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- resizing
 
 
 def crop_roi(img: np.ndarray, roi: tuple[float, float, float, float] | None) -> np.ndarray:
@@ -117,117 +158,73 @@ def resize_rgb(rgb: np.ndarray, size: int, roi=None) -> np.ndarray:
     return cv2.resize(crop_roi(rgb, roi), (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _resize_depth(depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validity-aware area resize: missing points do not drag the mean to zero."""
-    d = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    valid = (d > 0).astype(np.float32)
-    num = cv2.resize(d * valid, (size, size), interpolation=cv2.INTER_AREA)
-    den = cv2.resize(valid, (size, size), interpolation=cv2.INTER_AREA)
-    ok = den > 0.5
-    z = np.where(ok, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
-    return z, ok
+def resize_depth(depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validity-aware area resize: missing points (0, negative, NaN, inf) do not drag the mean
+    to zero. Returns z (S x S float32 metres, 0 where not measured) and valid (S x S bool: more
+    than half of the model pixel's footprint measured)."""
+    z, valid, _ = resize_depth_scratch(depth, size)
+    return z.copy(), valid
 
 
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    return np.meshgrid(c, c)
-
-
-def fit_plane_inverse_depth(
-    z: np.ndarray, valid: np.ndarray, border_frac: float, inlier_m: float, iters: int, seed: int
-) -> np.ndarray | None:
-    """Fit 1/z = a*u + b*v + c robustly; returns (a, b, c) or None.
-
-    Points come from the border band first (the part rests inside it); when too
-    few are measured there, from everywhere. RANSAC scores inliers in metres.
-    """
-    size = z.shape[0]
-    u, v = _grid(size)
-    edge = np.minimum(np.minimum(u + 1, 1 - u), np.minimum(v + 1, 1 - v)) / 2
-    cand = valid & (edge < border_frac)
-    if cand.sum() < 64:
-        cand = valid
-    if cand.sum() < 16:
-        return None
-    idx = np.flatnonzero(cand)
-    rng = np.random.default_rng(seed)
-    if idx.size > 3000:  # residuals over a fixed subset: fast and deterministic
-        idx = np.sort(rng.choice(idx, 3000, replace=False))
-    A = np.stack([u.ravel()[idx], v.ravel()[idx], np.ones(idx.size, np.float32)], 1).astype(np.float64)
-    w = 1.0 / z.ravel()[idx].astype(np.float64)
-    zz = z.ravel()[idx].astype(np.float64)
-    tri = rng.integers(0, idx.size, size=(iters, 3))
-    M, y = A[tri], w[tri]
-    det = np.linalg.det(M)
-    good = np.abs(det) > 1e-9
-    if not good.any():
-        return None
-    coef = np.linalg.solve(M[good], y[good][..., None])[..., 0]  # K x 3
-    pred = A @ coef.T  # N x K
-    with np.errstate(divide="ignore", invalid="ignore"):
-        resid = np.abs(zz[:, None] - 1.0 / pred)
-    score = np.where(np.isfinite(resid), resid < inlier_m, False).sum(0)
-    best = coef[int(np.argmax(score))]
-    for _ in range(2):  # least-squares refinement on the inliers of the current fit
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inl = np.abs(zz - 1.0 / (A @ best)) < inlier_m
-        if inl.sum() < 3:
-            break
-        best = np.linalg.lstsq(A[inl], w[inl], rcond=None)[0]
-    return best.astype(np.float64)
+# ----------------------------------------------------------------------------- height, fill, foreground
 
 
 def fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Fill unmeasured pixels by normalised convolution at growing scales."""
-    out = np.where(valid, values, 0).astype(np.float32)
-    todo = ~valid
-    w = valid.astype(np.float32)
-    k = 3
-    while todo.any() and k <= 2 * max(values.shape):
-        num = cv2.boxFilter(out * w, -1, (k, k), normalize=False, borderType=cv2.BORDER_REFLECT)
-        den = cv2.boxFilter(w, -1, (k, k), normalize=False, borderType=cv2.BORDER_REFLECT)
-        hit = todo & (den > 0)
-        out[hit] = num[hit] / den[hit]
-        w = np.where(hit, 1.0, w).astype(np.float32)
-        todo &= ~hit
-        k = 2 * k + 1
-    return out
+    valid = np.asarray(valid, bool)
+    return fill_in_place(np.where(valid, values, 0).astype(np.float32), valid)
 
 
-def _foreground(height_m: np.ndarray, min_height_m: float) -> np.ndarray:
-    fg = (height_m > min_height_m).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, kernel)
-    return fg.astype(bool)
+@dataclass
+class DepthResult:
+    """The depth path up to the height map (what height_above_plane returns, plus the check)."""
+
+    height: np.ndarray  # S x S float32 metres above the plane, filled
+    foreground: np.ndarray  # S x S bool
+    valid: np.ndarray  # S x S bool, measured model pixels
+    plane_ok: bool
+    stats: dict
+
+
+def _height(z: np.ndarray, valid: np.ndarray, valid_f: np.ndarray, params: PreprocessParams):
+    """(height, foreground, plane found) from a resized depth map; (None, None, False) when fewer
+    than MIN_MEASURED pixels are measured or no plane can be fitted to them."""
+    if np.count_nonzero(valid) < MIN_MEASURED:
+        return None, None, False
+    if params.plane is not None:
+        grid = plane_grid(params.plane, params.image_size, params.plane_border_frac)
+    else:
+        fitted = fit_plane_inverse_depth(z, valid, params.plane_border_frac, params.plane_inlier_m,
+                                         params.ransac_iters, params.ransac_seed)
+        if fitted is None:
+            return None, None, False
+        grid = plane_grid(fitted, params.image_size, params.plane_border_frac, cache=False)
+    height = fill_in_place(height_from_plane(z, valid_f, grid), valid)
+    return height, foreground(height, params.fg_min_height_m), True
+
+
+def depth_path(depth: np.ndarray, params: PreprocessParams) -> DepthResult:
+    """Resize, plane (the site plane, or this frame's fit), height, fill, foreground; with a site
+    plane also the plane check."""
+    size = params.image_size
+    z, valid, valid_f = resize_depth_scratch(crop_roi(depth, params.roi), size)
+    stats = {}
+    if params.plane is not None:
+        grid = plane_grid(params.plane, size, params.plane_border_frac)
+        stats = check_plane(z, valid, grid, params.plane_inlier_m)
+    height, fg, ok = _height(z, valid, valid_f, params)
+    if not ok:
+        height, fg = np.zeros((size, size), np.float32), np.zeros((size, size), bool)
+    return DepthResult(height, fg, valid, ok, stats)
 
 
 def height_above_plane(depth: np.ndarray, params: PreprocessParams):
-    """Height in metres above the fitted plane (filled), foreground, validity."""
-    z, valid = _resize_depth(crop_roi(depth, params.roi), params.image_size)
-    plane = fit_plane_inverse_depth(
-        z, valid, params.plane_border_frac, params.plane_inlier_m, params.ransac_iters, params.ransac_seed
-    )
-    if plane is None:
-        size = params.image_size
-        return np.zeros((size, size), np.float32), np.zeros((size, size), bool), valid, False
-    u, v = _grid(params.image_size)
-    with np.errstate(divide="ignore"):
-        z_plane = 1.0 / (plane[0] * u + plane[1] * v + plane[2])
-    # d * (1 - z / z_plane) is the distance to the plane along its normal (d = the
-    # plane's distance from the camera); 1 / plane[2] stands in for d / cos(tilt),
-    # so a flat top reads flat whatever the tilt and image position.
-    height = np.where(valid, (1.0 - z / z_plane) / plane[2], 0).astype(np.float32)
-    height = fill_missing(height, valid)
-    return height, _foreground(height, params.fg_min_height_m), valid, True
+    """Height in metres above the plane (filled), foreground, validity, plane found."""
+    r = depth_path(depth, params)
+    return r.height, r.foreground, r.valid, r.plane_ok
 
 
-def _normals(hn: np.ndarray, gain: float) -> np.ndarray:
-    gx = cv2.Sobel(hn, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
-    gy = cv2.Sobel(hn, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
-    n = np.stack([-gain * gx, -gain * gy, np.ones_like(hn)], -1)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    return (n + 1) * 0.5
+# ----------------------------------------------------------------------------- encodings
 
 
 def _gradient_magnitude(hn: np.ndarray) -> np.ndarray:
@@ -236,40 +233,44 @@ def _gradient_magnitude(hn: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def encode_depth(height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised height and the 3-channel [0, 1] image fed to the encoder."""
+def _normalised_height(height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> np.ndarray:
     scale = params.height_scale_m
     if scale is None:
         scale = float(np.percentile(height_m[fg], 99)) if fg.any() else 1.0
-    hn = np.clip(height_m / max(scale, 1e-6), -0.25, 1.25).astype(np.float32)
-    if params.depth_encoding == "height":
-        enc = np.repeat(np.clip(hn, 0, 1)[..., None], 3, -1)
-    else:
-        gain = params.normal_gain
-        if gain is None:
-            gm = _gradient_magnitude(hn)
-            gain = 1.0 / max(float(np.percentile(gm[fg], 90)), 1e-3) if fg.any() else 1.0
-        enc = _normals(hn, gain)
-        if params.depth_encoding == "normals_height":
-            enc[..., 2] = np.clip(hn, 0, 1)
-    return hn, enc.astype(np.float32)
+    hn = np.divide(height_m, max(scale, 1e-6)).astype(np.float32, copy=False)
+    return np.clip(hn, -0.25, 1.25, out=hn)
 
 
-def _to_chw(img01: np.ndarray, mean, std) -> np.ndarray:
-    x = (img01 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+def _normal_gain(hn: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> float:
+    if params.normal_gain is not None:
+        return params.normal_gain
+    gm = _gradient_magnitude(hn)
+    return 1.0 / max(float(np.percentile(gm[fg], 90)), 1e-3) if fg.any() else 1.0
 
 
-def rgb_input(rgb_s: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """RGB uint8 at model resolution -> the normalised 3 x S x S model input."""
-    return _to_chw(rgb_s.astype(np.float32) / 255.0, params.rgb_mean, params.rgb_std)
+def encode_depth(height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised height and the 3-channel [0, 1] image fed to the encoder (H x W x 3)."""
+    hn = _normalised_height(height_m, fg, params)
+    out = np.empty((3,) + hn.shape, np.float32)
+    encode_into(out, hn, params.depth_encoding, _normal_gain(hn, fg, params), channel_norm((0.0,) * 3, (1.0,) * 3))
+    return hn, np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
 def depth_input(height_m: np.ndarray, fg: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """Height above the plane (metres) at model resolution -> (depth 3 x S x S model input,
     normalised height S x S)."""
-    hn, enc = encode_depth(height_m, fg, params)
-    return _to_chw(enc, params.rgb_mean, params.rgb_std), hn
+    hn = _normalised_height(height_m, fg, params)
+    out = np.empty((3,) + hn.shape, np.float32)
+    encode_into(out, hn, params.depth_encoding, _normal_gain(hn, fg, params),
+                channel_norm(params.rgb_mean, params.rgb_std))
+    return out, hn
+
+
+def rgb_input(rgb_s: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """RGB uint8 at model resolution -> the normalised 3 x S x S model input."""
+    out = np.empty((3,) + rgb_s.shape[:2], np.float32)
+    rgb_into(out, rgb_s, params.rgb_mean, params.rgb_std)
+    return out
 
 
 # rgb_input and depth_input are the last step of preprocess(), public so training can edit a
@@ -282,27 +283,65 @@ def preprocess(rgb: np.ndarray, depth: np.ndarray, params: PreprocessParams) -> 
         raise ValueError(f"rgb must be HxWx3 uint8, got shape {rgb.shape}")
     if depth.shape != rgb.shape[:2]:
         raise ValueError(f"depth {depth.shape} and rgb {rgb.shape[:2]} differ: align depth to colour first")
-    height_m, fg, valid, plane_ok = height_above_plane(depth, params)
-    depth_in, hn = depth_input(height_m, fg, params)
-    rgb_in = rgb_input(resize_rgb(rgb, params.image_size, params.roi), params)
+    d = depth_path(depth, params)
+    depth_in, hn = depth_input(d.height, d.foreground, params)
+    size = params.image_size
+    # into a reused buffer when uint8 (OpenCV returns a new array for any other type)
+    rgb_s = cv2.resize(crop_roi(rgb, params.roi), (size, size), dst=scratch("rgb_s", (size, size, 3), np.uint8),
+                       interpolation=cv2.INTER_AREA)
+    rgb_in = rgb_input(rgb_s, params)
     return Preprocessed(
         rgb=rgb_in,
         depth=depth_in,
-        foreground=fg,
+        foreground=d.foreground,
         height=hn,
-        valid_fraction=float(valid.mean()),
-        plane_ok=plane_ok,
+        valid_fraction=np.count_nonzero(d.valid) / d.valid.size,
+        plane_ok=d.plane_ok,
+        stats=d.stats,
     )
 
 
-def fit_depth_normalisation(depths: Iterable[np.ndarray], params: PreprocessParams) -> PreprocessParams:
-    """Fit height scale and normal gain on normal training depth maps.
+# ----------------------------------------------------------------------------- fitted parameters
 
+
+# RGBDSample.meta key of a posed training capture: (source shape (h, w), angle, flip), as
+# convert/train.py's pose augmentation made it from the source capture.
+POSE_KEY = "pose"
+
+
+def params_for_pose(params: PreprocessParams, shape_hw: tuple[int, int], angle: float, flip: bool) -> PreprocessParams:
+    """The parameters for a capture of shape `shape_hw` posed as convert/train.py rotate_capture
+    poses it (flip first, then `angle` degrees): its site plane moved with the pixels. Without a
+    site plane (per-frame fit) the parameters hold for every pose as they are."""
+    if params.plane is None:
+        return params
+    return replace(params, plane=plane_for_pose(params.plane, tuple(shape_hw[:2]), params.roi, angle, flip))
+
+
+def params_for_sample(params: PreprocessParams, sample) -> PreprocessParams:
+    """`params` for an RGBDSample: moved to its pose when its meta has one (POSE_KEY)."""
+    pose = sample.meta.get(POSE_KEY) if sample.meta else None
+    return params if pose is None else params_for_pose(params, *pose)
+
+
+def fit_depth_normalisation(depths: Iterable[np.ndarray], params: PreprocessParams,
+                            site_plane: bool = True) -> PreprocessParams:
+    """Fit the site plane, height scale and normal gain on normal training depth maps.
+
+    The site plane (when `params` has none and `site_plane` is set) comes first, over all the
+    captures (edge.background_plane.fit_site_plane); it stays None when they share no plane.
+    The scale and gain are then measured on heights above the plane the runtime will use.
     Medians over images, so one odd capture does not set the scale.
     """
+    size = params.image_size
+    resized = [resize_depth(crop_roi(d, params.roi), size) for d in depths]
+    if site_plane and params.plane is None and resized:
+        fit = fit_site_plane(resized, params.plane_border_frac, params.plane_inlier_m, params.ransac_iters,
+                             params.ransac_seed)
+        params = replace(params, plane=fit.plane)
     scales, heights = [], []
-    for d in depths:
-        h, fg, _, ok = height_above_plane(d, params)
+    for z, valid in resized:
+        h, fg, ok = _height(z, valid, valid.astype(np.float32), params)
         if ok and fg.sum() > 16:
             scales.append(float(np.percentile(h[fg], 99)))
             heights.append((h, fg))
@@ -314,5 +353,4 @@ def fit_depth_normalisation(depths: Iterable[np.ndarray], params: PreprocessPara
         gm = _gradient_magnitude(np.clip(h / scale, -0.25, 1.25).astype(np.float32))
         grads.append(float(np.percentile(gm[fg], 90)))
     gain = 1.0 / max(float(np.median(grads)), 1e-3)
-    out = PreprocessParams.from_dict({**params.to_dict(), "height_scale_m": scale, "normal_gain": gain})
-    return out
+    return PreprocessParams.from_dict({**params.to_dict(), "height_scale_m": scale, "normal_gain": gain})
