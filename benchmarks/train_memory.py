@@ -117,7 +117,8 @@ def exported_tree(ref: str, work: Path) -> Path:
 def run_process(run: Run, cfg: dict) -> dict:
     """Train `run` in a process of its own -> its peak resident memory and wall time."""
     if run.memory:
-        argv = [sys.executable, "-c", MEMORY_CHILD, json.dumps({"data": str(run.data), "out": str(run.out), "cfg": cfg})]
+        args = {"data": str(run.data), "out": str(run.out), "cfg": cfg}
+        argv = [sys.executable, "-c", MEMORY_CHILD, json.dumps(args)]
     else:
         argv = [sys.executable, "-m", "convert.cli", "train", "--data", str(run.data), "--out", str(run.out), "--quiet",
                 "--epochs", str(cfg["epochs"]), "--threads", str(cfg["threads"])]
@@ -174,15 +175,16 @@ def report(rows: list[tuple[Run, dict]], evals: dict, identical: dict, a, argv) 
     lines = []
     for run, f in rows:
         slower = slowdown(f, base)
+        epoch = fmt(f["epoch_s"], 1) + ("" if slower is None else f" ({100 * slower:+.0f} %)")
         lines.append(f"| {run.label} | {f['captures']} | {f['poses']} | {store_text(f['store'])} | "
-                     f"**{f['peak_gib']:.2f}** | {fmt(f['epoch_s'], 1)}{'' if slower is None else f' ({100 * slower:+.0f} %)'} | "
-                     f"{fmt(f['store'].get('seconds'), 0)} | {f['wall_s'] / 60:.1f} |")
+                     f"**{f['peak_gib']:.2f}** | {epoch} | {fmt(f['store'].get('seconds'), 0)} | "
+                     f"{f['wall_s'] / 60:.1f} |")
     acc = [f"| {label} | {r['mode']} | {' | '.join(fmt(r[k]) for k in METRICS)} |"
            for label, res in evals.items() for r in res]
     same = "; ".join(f"{k}: {'identical' if v else '**different**'}" for k, v in identical.items())
     streamed = [f for r, f in rows if r.code == REPO and not r.memory]
-    against = [f"{name} {100 * x:+.0f} %" for name, ref in (("the in-memory run's", base), ("the code before streaming", before))
-               if (x := slowdown(streamed[0], ref)) is not None]
+    refs = (("the in-memory run's", base), ("the code before streaming", before))
+    against = [f"{name} {100 * x:+.0f} %" for name, ref in refs if (x := slowdown(streamed[0], ref)) is not None]
     epochs = f"{a.epochs} epoch{'s' if a.epochs != 1 else ''}"
     return f"""## Training peak memory against data-set size (`train_memory`)
 

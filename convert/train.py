@@ -361,8 +361,8 @@ def open_pose_store(td: TrainingData, cfg: TrainConfig, model, out: Path, opts: 
         store = memory_store(encoded_chunks(poses, encoder))
         return PoseSource(store, None, {"kind": "memory", "bytes": store.nbytes,
                                         "seconds": round(time.perf_counter() - t0, 1)})
-    key = cache_key({"data": td.fingerprint, "preprocess": td.params.to_dict(), "poses": pose_settings(cfg.rotations, cfg.flip),
-                     "encoder": encoder.key()})
+    key = cache_key({"data": td.fingerprint, "preprocess": td.params.to_dict(),
+                     "poses": pose_settings(cfg.rotations, cfg.flip), "encoder": encoder.key()})
     directory = store_directory(out, opts, key)
     store = open_cached(directory, key)
     reused = store is not None
