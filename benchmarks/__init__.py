@@ -13,4 +13,5 @@ MAINTAINED: tuple[str, ...] = (
     "rd_synthetic",
     "train_step_precision",
     "preprocess_speed",
+    "train_memory",
 )

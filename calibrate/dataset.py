@@ -1,10 +1,14 @@
-"""A dataset split loaded once and run through the shared edge preprocessing.
+"""A dataset split run through the shared edge preprocessing, whole or in batches.
 
 numpy only: training (torch), INT8 calibration and ONNX evaluation all consume it.
+Calibration and evaluation hold their (small) splits whole (`prepare`); training streams
+any number of captures in bounded memory: one sample at a time (`prepare_sample`, stacked by
+`stack_prepared`) or batches of a split read one capture at a time (`prepared_batches`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -35,6 +39,22 @@ class PreparedSplit:
         return {n: np.ascontiguousarray(arrays[n][i : i + batch]) for n in names}
 
 
+@dataclass
+class PreparedSample:
+    """One sample through preprocessing: a row of a PreparedSplit."""
+
+    rgb: np.ndarray  # 3 x S x S float32
+    depth: np.ndarray  # 3 x S x S float32
+    fg: np.ndarray  # 1 x S x S float32
+    height: np.ndarray  # S x S float32
+    label: int
+    mask: np.ndarray | None
+    thumb: np.ndarray  # S x S x 3 uint8
+    name: str
+    defect: str
+    valid_fraction: float
+
+
 def load_raw(root, split: str, progress: bool = True, desc: str | None = None):
     refs = open_dataset(root, split)
     return [r.load() for r in tqdm(refs, desc=desc or f"read {split}", disable=not progress, leave=False)]
@@ -49,26 +69,61 @@ def load_normal_raw(root, progress: bool = True) -> tuple[list, str]:
         return load_raw(root, "train", progress), "train"
 
 
-def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str = "preprocess") -> PreparedSplit:
-    rgb, depth, fg, height, masks, thumbs, vf = [], [], [], [], [], [], []
-    for s in tqdm(samples, desc=desc, disable=not progress, leave=False):
-        p = preprocess(s.rgb, s.depth, params_for_sample(params, s))  # a posed capture: its plane moved with it
-        rgb.append(p.rgb)
-        depth.append(p.depth)
-        fg.append(p.foreground[None].astype(np.float32))
-        height.append(p.height)
-        masks.append(None if s.mask is None else crop_roi(s.mask, params.roi).astype(bool))
-        thumbs.append(resize_rgb(s.rgb, params.image_size, params.roi))
-        vf.append(p.valid_fraction)
-    return PreparedSplit(
-        rgb=np.stack(rgb),
-        depth=np.stack(depth),
-        fg=np.stack(fg),
-        height=np.stack(height),
-        labels=np.array([s.label for s in samples]),
-        masks=masks,
-        thumbs=thumbs,
-        names=[s.name for s in samples],
-        defects=[s.defect for s in samples],
-        valid_fraction=np.array(vf),
+def normal_refs(root) -> tuple[list, str]:
+    """The samples `load_normal_raw` reads, as lazy references (nothing loaded)."""
+    try:
+        return open_dataset(root, "validation"), "validation"
+    except (FileNotFoundError, ValueError):
+        return open_dataset(root, "train"), "train"
+
+
+def prepare_sample(s, params: PreprocessParams) -> PreparedSample:
+    """One raw sample (edge.frames.RGBDSample) -> its preprocessed row."""
+    p = preprocess(s.rgb, s.depth, params_for_sample(params, s))  # a posed capture: its plane moved with it
+    return PreparedSample(
+        rgb=p.rgb, depth=p.depth, fg=p.foreground[None].astype(np.float32), height=p.height, label=s.label,
+        mask=None if s.mask is None else crop_roi(s.mask, params.roi).astype(bool),
+        thumb=resize_rgb(s.rgb, params.image_size, params.roi), name=s.name, defect=s.defect,
+        valid_fraction=p.valid_fraction,
     )
+
+
+def stack_prepared(rows: list[PreparedSample]) -> PreparedSplit:
+    return PreparedSplit(
+        rgb=np.stack([r.rgb for r in rows]),
+        depth=np.stack([r.depth for r in rows]),
+        fg=np.stack([r.fg for r in rows]),
+        height=np.stack([r.height for r in rows]),
+        labels=np.array([r.label for r in rows]),
+        masks=[r.mask for r in rows],
+        thumbs=[r.thumb for r in rows],
+        names=[r.name for r in rows],
+        defects=[r.defect for r in rows],
+        valid_fraction=np.array([r.valid_fraction for r in rows]),
+    )
+
+
+def prepare(samples, params: PreprocessParams, progress: bool = True, desc: str = "preprocess") -> PreparedSplit:
+    return stack_prepared([prepare_sample(s, params)
+                           for s in tqdm(samples, desc=desc, disable=not progress, leave=False)])
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    """Consecutive lists of n items (the last may be shorter), drawing items only as needed."""
+    rows = []
+    for item in items:
+        rows.append(item)
+        if len(rows) == n:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
+
+
+def prepared_batches(refs: Iterable, params: PreprocessParams, batch: int, progress: bool = True,
+                     desc: str = "preprocess") -> Iterator[PreparedSplit]:
+    """PreparedSplits of up to `batch` consecutive samples of `refs` (edge.data.SampleRef), each
+    capture read when its batch is made: memory holds one batch whatever the split's size."""
+    samples = (prepare_sample(ref.load(), params) for ref in tqdm(refs, desc=desc, disable=not progress, leave=False))
+    for rows in batched(samples, batch):
+        yield stack_prepared(rows)

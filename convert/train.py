@@ -3,10 +3,16 @@
 What a step does is model-specific (convert.trainers): reverse distillation
 regresses frozen-teacher features, DBRN learns from fresh pseudo-anomalies.
 
+Memory stays bounded whatever the number of captures: the train split is read one capture at
+a time, each pose is preprocessed and encoded by the trainer's encoder (rd: the frozen
+teacher's features) once into a pose store on disk (convert.pose_store), and a step reads its
+batch from there; the score statistics read the validation split a batch at a time.
+
 A run directory holds everything needed to evaluate, export or resume:
 run.yaml (model, configs, preprocessing, data provenance), checkpoint.pt
 (resumable state, written every few epochs), model.pt (final weights with
-normalisation statistics) and train_log.jsonl.
+normalisation statistics) and train_log.jsonl; while training, pose_cache/ (the pose store:
+an interrupted run's resumption reuses it, a finished run removes it).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -27,14 +33,16 @@ from tqdm import tqdm
 
 from edge.checks import load_yaml
 from edge.data import open_dataset
-from edge.preprocess import POSE_KEY, PreprocessParams, fit_depth_normalisation
+from edge.preprocess import PreprocessParams, fit_depth_normalisation
 
 from .ema import WeightEMA
 from .models import create_model
+from .poses import augment_samples, capture_poses, pose_settings, rotate_capture  # noqa: F401 (public here too)
+from .pose_store import build_store, cache_key, memory_store, open_cached, remove_store
 from edge.modes import MODES
-from .trainers import make_trainer, trainer_defaults
+from .trainers import make_encoder, make_trainer, trainer_defaults
 from .trainers.common import bf16_is_native, check_precision
-from calibrate.dataset import PreparedSplit, load_normal_raw, load_raw, prepare
+from calibrate.dataset import PreparedSample, batched, normal_refs, prepare_sample, prepared_batches, stack_prepared
 
 
 @dataclass
@@ -106,54 +114,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rotate_capture(rgb: np.ndarray, depth: np.ndarray, angle: float, flip: bool):
-    """Rotate a raw capture about its centre; uncovered depth becomes missing (0)."""
-    if flip:
-        rgb, depth = rgb[:, ::-1], depth[:, ::-1]
-    k = angle / 90.0
-    if abs(k - round(k)) < 1e-9:  # exact, no resampling
-        return np.ascontiguousarray(np.rot90(rgb, int(round(k)))), np.ascontiguousarray(np.rot90(depth, int(round(k))))
-    h, w = depth.shape
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
-    r = cv2.warpAffine(np.ascontiguousarray(rgb), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    d = cv2.warpAffine(np.ascontiguousarray(depth), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    return r, d
-
-
-def augment_samples(samples, rotations: int, flip: bool):
-    from edge.frames import RGBDSample
-
-    out = []
-    for s in samples:
-        for f in ([False, True] if flip else [False]):
-            for j in range(max(rotations, 1)):
-                angle = 360.0 * j / max(rotations, 1)
-                if angle == 0 and not f:
-                    out.append(s)
-                    continue
-                r, d = rotate_capture(s.rgb, s.depth, angle, f)
-                out.append(RGBDSample(rgb=r, depth=d, label=s.label, defect=s.defect, name=f"{s.name}@r{angle:g}{'f' if f else ''}",
-                                      meta={**s.meta, POSE_KEY: (s.depth.shape, angle, f)}))
-    return out
+def prepared_poses(refs, params: PreprocessParams, rotations: int, flip: bool,
+                   progress: bool = False) -> Iterator[PreparedSample]:
+    """Every pose of every capture in refs (edge.data.SampleRef), preprocessed, in training
+    order. One capture is read at a time and its poses are made one at a time."""
+    for ref in tqdm(refs, desc="poses", disable=not progress, leave=False):
+        capture = ref.load()
+        for pose, _, _ in capture_poses(capture, rotations, flip):
+            yield prepare_sample(pose, params)  # the pose travels in its meta: prepare_sample moves the plane
 
 
 @torch.no_grad()
-def raw_image_scores(model, split, mode: str, batch: int = 8) -> dict[str, np.ndarray]:
-    """Per-sample image scores of the un-normalised maps, for the score statistics."""
-    out: dict[str, list] = {}
+def raw_image_scores(model, batches) -> dict[str, dict[str, np.ndarray]]:
+    """Per mode, per-sample image scores of the un-normalised maps, for the score statistics:
+    one pass over the batches (PreparedSplits), every mode on each batch."""
+    out: dict[str, dict[str, list]] = {mode: {} for mode in MODES}
     model.eval()
-    for i in range(0, len(split), batch):
-        x = [torch.from_numpy(a[i : i + batch]) for a in (split.rgb, split.depth, split.fg)]
-        _, _, raw = model(*x, mode)
-        for m, s in model.score_statistic_inputs(raw).items():
-            out.setdefault(m, []).append(s.numpy())
-    return {m: np.concatenate(v) for m, v in out.items()}
+    for sp in batches:
+        x = [torch.from_numpy(a) for a in (sp.rgb, sp.depth, sp.fg)]
+        for mode in MODES:
+            _, _, raw = model(*x, mode)
+            for m, s in model.score_statistic_inputs(raw).items():
+                out[mode].setdefault(m, []).append(s.numpy())
+    return {mode: {m: np.concatenate(v) for m, v in per.items()} for mode, per in out.items()}
 
 
-def fit_score_stats(model, split) -> dict:
+def fit_score_stats(model, batches) -> dict:
     stats = {}
-    for mode in MODES:
-        for m, s in raw_image_scores(model, split, mode).items():
+    for mode, per in raw_image_scores(model, batches).items():
+        for m, s in per.items():
             model.set_score_stats(mode, m, float(s.mean()), float(s.std()))
             stats[f"{mode}/{m}"] = {"mean": float(s.mean()), "std": float(s.std())}
     return stats
@@ -191,8 +180,8 @@ def optimiser_step(trainer, opt, sched, idx: torch.Tensor) -> tuple[float, dict]
 
 
 # ---------------------------------------------------------------------------------------------
-# train(): checked config -> data (resuming what the run directory holds) -> restore -> epoch
-# loop -> finalise. The loop sees the data only as a sample count and the trainer.
+# train(): checked config -> data (resuming what the run directory holds) -> pose store ->
+# restore -> epoch loop -> finalise. The loop sees the data only as a pose count and the trainer.
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PreviousRun:
@@ -204,13 +193,39 @@ class PreviousRun:
 
 @dataclass
 class TrainingData:
-    """The training split as the trainer sees it, and its provenance for run.yaml."""
+    """The training split (listed, not loaded), its preprocessing and its provenance for run.yaml."""
 
-    samples: PreparedSplit  # every pose of every capture, preprocessed
+    refs: list  # the train split's captures (edge.data.SampleRef), read when their poses are made
     params: PreprocessParams
     fingerprint: str
     n_captures: int
     previous: PreviousRun | None  # set when the output directory holds a run to resume
+
+
+@dataclass
+class StoreOptions:
+    """Where training keeps its encoded poses (convert.pose_store). None of it changes what is
+    trained: a disk store and a memory store serve the same arrays."""
+
+    kind: str = "disk"  # "memory": every pose in memory (grows with the data set; for comparisons)
+    # The disk store's directory: None = RUN_DIR/pose_cache; a folder given here holds one store
+    # per key (data, preprocessing, poses, encoder), so runs on the same data can share one.
+    cache_dir: str | Path | None = None
+    keep: bool = False  # keep the store after a finished run (a resumed run reuses it in any case)
+
+    def checked(self) -> "StoreOptions":
+        if self.kind not in ("disk", "memory"):
+            raise ValueError(f"pose store kind must be 'disk' or 'memory', got {self.kind!r}")
+        return self
+
+
+@dataclass
+class PoseSource:
+    """The store a run trains from, where it lives (None in memory) and run.yaml's note on it."""
+
+    store: object
+    directory: Path | None
+    record: dict
 
 
 @dataclass
@@ -293,10 +308,10 @@ def previous_run(out: Path, cfg: TrainConfig, data, fingerprint: str) -> Previou
 
 
 def load_training_data(data, out: Path, cfg: TrainConfig, progress: bool) -> TrainingData:
-    """Read the train split, create `out`, and preprocess every pose with the resumed run's
-    parameters or newly fitted ones."""
-    train_raw = load_raw(data, "train", progress)
-    if not train_raw:
+    """List the train split, create `out`, and take the resumed run's preprocessing parameters
+    or fit new ones (reading one capture at a time)."""
+    refs = open_dataset(data, "train")
+    if not refs:
         raise ValueError(f"{data}: the train split has no samples")
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
@@ -305,10 +320,9 @@ def load_training_data(data, out: Path, cfg: TrainConfig, progress: bool) -> Tra
         params = previous.params
     else:
         base = PreprocessParams(**{"image_size": cfg.image_size, **cfg.preprocess})
-        params = fit_depth_normalisation([s.depth for s in train_raw], base)
-    samples = prepare(augment_samples(train_raw, cfg.rotations, cfg.flip), params, progress, "preprocess train")
-    return TrainingData(samples=samples, params=params, fingerprint=fingerprint, n_captures=len(train_raw),
-                        previous=previous)
+        depths = (r.load().depth for r in tqdm(refs, desc="fit depth normalisation", disable=not progress, leave=False))
+        params = fit_depth_normalisation(depths, base)
+    return TrainingData(refs=refs, params=params, fingerprint=fingerprint, n_captures=len(refs), previous=previous)
 
 
 def build_model(cfg: TrainConfig, td: TrainingData):
@@ -317,7 +331,40 @@ def build_model(cfg: TrainConfig, td: TrainingData):
     return create_model(cfg.model, config=td.previous.model_config, preset=None)
 
 
-def run_record(cfg: TrainConfig, model, data, td: TrainingData) -> dict:
+def encoded_chunks(poses: Iterator[PreparedSample], encoder) -> Iterator[tuple[dict, list[str]]]:
+    """(encoded arrays, pose names) for consecutive chunks of encoder.chunk poses."""
+    for rows in batched(poses, encoder.chunk):
+        chunk = stack_prepared(rows)
+        yield encoder.encode(chunk), chunk.names
+
+
+def store_directory(out: Path, opts: StoreOptions, key: str) -> Path:
+    return out / "pose_cache" if opts.cache_dir is None else Path(opts.cache_dir) / f"poses-{key[:16]}"
+
+
+def open_pose_store(td: TrainingData, cfg: TrainConfig, model, out: Path, opts: StoreOptions,
+                    progress: bool) -> PoseSource:
+    """Every pose encoded by the family's encoder: a disk store reused when it was made from the
+    same data, preprocessing, poses and encoder (a resumed run), else written pose by pose."""
+    t0 = time.perf_counter()
+    encoder = make_encoder(cfg.model, model, td.params)
+    poses = prepared_poses(td.refs, td.params, cfg.rotations, cfg.flip, progress)
+    if opts.kind == "memory":
+        store = memory_store(encoded_chunks(poses, encoder))
+        return PoseSource(store, None, {"kind": "memory", "bytes": store.nbytes,
+                                        "seconds": round(time.perf_counter() - t0, 1)})
+    key = cache_key({"data": td.fingerprint, "preprocess": td.params.to_dict(),
+                     "poses": pose_settings(cfg.rotations, cfg.flip), "encoder": encoder.key()})
+    directory = store_directory(out, opts, key)
+    store = open_cached(directory, key)
+    reused = store is not None
+    if store is None:
+        store = build_store(directory, key, encoded_chunks(poses, encoder))
+    return PoseSource(store, directory, {"kind": "disk", "bytes": store.nbytes, "reused": reused,
+                                         "seconds": round(time.perf_counter() - t0, 1)})
+
+
+def run_record(cfg: TrainConfig, model, data, td: TrainingData, source: PoseSource) -> dict:
     """run.yaml as written before the first epoch; finalise_run() adds what training produced."""
     return {
         "schema": 1,
@@ -326,7 +373,7 @@ def run_record(cfg: TrainConfig, model, data, td: TrainingData) -> dict:
         "train": asdict(cfg),
         "preprocess": td.params.to_dict(),
         "data": {"root": str(Path(data).resolve()), "train_fingerprint": td.fingerprint, "n_train": td.n_captures,
-                 "n_train_poses": len(td.samples)},
+                 "n_train_poses": len(source.store), "pose_store": source.record},
     }
 
 
@@ -408,10 +455,12 @@ def run_epoch(loop: TrainingLoop, epoch: int, progress: bool) -> tuple[list[floa
     return losses, parts
 
 
-def epoch_record(loop: TrainingLoop, losses: list[float], parts: dict[str, list[float]]) -> dict:
-    """The train_log.jsonl line of the epoch just done."""
+def epoch_record(loop: TrainingLoop, losses: list[float], parts: dict[str, list[float]], started: float) -> dict:
+    """The train_log.jsonl line of the epoch just done (which began at clock time `started`):
+    elapsed_s counts from the run's start, epoch_s this epoch's steps alone."""
+    now = loop.clock()
     rec = {"epoch": loop.state.done, "loss": float(np.mean(losses)),
-           "elapsed_s": round(loop.clock() - loop.state.t0, 1), "step": loop.state.step,
+           "elapsed_s": round(now - loop.state.t0, 1), "epoch_s": round(now - started, 1), "step": loop.state.step,
            **{k: round(float(np.mean(v)), 6) for k, v in parts.items()}}
     if loop.sched is not None:
         rec["lr"] = float(loop.sched.get_last_lr()[0])
@@ -428,13 +477,14 @@ def epoch_loop(loop: TrainingLoop, log, progress: bool) -> None:
                total=cfg.epochs)
     t_loop = loop.clock()
     for epoch in bar:
+        started = loop.clock()
         losses, parts = run_epoch(loop, epoch, progress)
         if not losses:  # the budget ran out before this epoch's first step
             break
         state.done = epoch + 1
         if loop.budget and loop.budget.over():
             state.stopped_by = "time"
-        rec = epoch_record(loop, losses, parts)
+        rec = epoch_record(loop, losses, parts, started)
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
@@ -450,14 +500,13 @@ def epoch_loop(loop: TrainingLoop, log, progress: bool) -> None:
 
 def score_statistics(model, data, params: PreprocessParams, progress: bool) -> dict:
     """Fit the model's score statistics on normal validation data (the train split if there is
-    none); returns run.yaml's score_stats entry."""
+    none), read and preprocessed a batch at a time; returns run.yaml's score_stats entry."""
     model.eval()
-    val_raw, source = load_normal_raw(data, progress)
+    refs, source = normal_refs(data)
     if source == "train":
         source = "train (no validation split: scores are optimistic)"
-    val_set = prepare(val_raw, params, progress, "preprocess validation")
-    stats = fit_score_stats(model, val_set)
-    return {"source": source, "n": len(val_set), **stats}
+    stats = fit_score_stats(model, prepared_batches(refs, params, 8, progress, "score statistics"))
+    return {"source": source, "n": len(refs), **stats}
 
 
 def finalise_run(loop: TrainingLoop, out: Path, data, run: dict, params: PreprocessParams, progress: bool) -> None:
@@ -477,26 +526,35 @@ def finalise_run(loop: TrainingLoop, out: Path, data, run: dict, params: Preproc
     (out / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
 
 
-def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True, clock=time.time) -> Path:
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True, clock=time.time,
+          store: StoreOptions | None = None) -> Path:
     """Train (or resume) the run in `out`. `clock` is the wall clock the time budget and the
-    logged times read (tests pass a fake one)."""
+    logged times read (tests pass a fake one); `store` says where the encoded poses live (by
+    default a disk store in RUN_DIR/pose_cache, removed when the run has finished)."""
     out = Path(out)
     cfg = checked_config(cfg)
+    opts = (store or StoreOptions()).checked()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     t0 = clock()
     td = load_training_data(data, out, cfg, progress)
     model = build_model(cfg, td)
-    run = run_record(cfg, model, data, td)
-    (out / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
-    trainer = make_trainer(cfg.model, model, td.samples, td.params, cfg.precision)
-    if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
-        cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
-    loop = restore_loop(out / "checkpoint.pt", cfg, model, trainer, len(td.samples), t0, clock)
-    with open_epoch_log(out / "train_log.jsonl", loop.state.start_epoch) as log:
-        epoch_loop(loop, log, progress)
-    finalise_run(loop, out, data, run, td.params, progress)
+    source = open_pose_store(td, cfg, model, out, opts, progress)
+    try:
+        run = run_record(cfg, model, data, td, source)
+        (out / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+        trainer = make_trainer(cfg.model, model, source.store, td.params, cfg.precision)
+        if hasattr(trainer, "preview"):  # synthetic training inputs, to look at (own generator: no effect on the run)
+            cv2.imwrite(str(out / "training_samples.png"), trainer.preview())
+        loop = restore_loop(out / "checkpoint.pt", cfg, model, trainer, len(source.store), t0, clock)
+        with open_epoch_log(out / "train_log.jsonl", loop.state.start_epoch) as log:
+            epoch_loop(loop, log, progress)
+        finalise_run(loop, out, data, run, td.params, progress)
+    finally:
+        source.store.close()  # an interrupted run keeps its store on disk for the resumption
+    if source.directory is not None and not opts.keep:
+        remove_store(source.directory)
     return out
 
 

@@ -1,6 +1,7 @@
 """DBRN: reconstruct clean inputs from pseudo-anomalous ones and segment the anomaly.
 
-Every step draws fresh pseudo-anomalies (convert.pseudo_anomaly) on the RGB view
+The pose store (convert.pose_store) holds each pose's preprocessed inputs, normalised height
+and model-resolution RGB. Every step draws fresh pseudo-anomalies (convert.pseudo_anomaly) on the RGB view
 at model resolution and on the normalised height map, then encodes the edited
 views with the runtime's own edge.preprocess rgb_input and depth_input, so the network trains
 on exactly the kind of input the Jetson feeds it.
@@ -15,6 +16,7 @@ import torch
 
 from edge.preprocess import depth_input, rgb_input
 
+from ..pose_store import as_store
 from ..pseudo_anomaly import TextureBank, synthesize
 from .common import as_float, autocast, draw_present
 
@@ -37,6 +39,21 @@ def target_mask(masks: torch.Tensor, edited, present: torch.Tensor, swap: torch.
     return masks * seen.view(-1, 1, 1, 1)
 
 
+class DBRNPoseEncoder:
+    """Per pose: the preprocessed inputs ("rgb", "depth" float32), the foreground ("fg", uint8
+    0/1), the normalised height ("height", float32) and the RGB at model resolution ("thumb",
+    uint8): pseudo-anomalies are drawn afresh each step on height and thumb."""
+
+    chunk = 16
+
+    def key(self) -> dict:
+        return {"family": "dbrn"}
+
+    def encode(self, poses) -> dict[str, np.ndarray]:
+        return {"rgb": poses.rgb, "depth": poses.depth, "fg": poses.fg.astype(np.uint8), "height": poses.height,
+                "thumb": np.stack(poses.thumbs)}
+
+
 class DBRNTrainer:
     # Sized for the edge preset at 128 x 128 on a 2-core CPU: batch 4 for 44 epochs is about an
     # hour in bf16 (more, smaller steps in the hour than batch 8; fp32 would not fit it). DBRN's
@@ -46,15 +63,20 @@ class DBRNTrainer:
     defaults = {"epochs": 44, "lr": 0.0005, "image_size": 128, "precision": "bf16", "batch_size": 4, "ema": 0.0}
     warmup_steps = 100
 
+    @staticmethod
+    def encoder(model, params) -> DBRNPoseEncoder:
+        return DBRNPoseEncoder()
+
     def __init__(self, model, train_set, params, precision: str = "fp32"):
-        self.model, self.split, self.params, self.precision = model, train_set, params, precision
-        self.src = source_index(train_set.names)
+        self.model, self.params, self.precision = model, params, precision
+        self.store = as_store(train_set, self.encoder(model, params))
+        self.src = source_index(self.store.names)
         # Textures cut from other captures: one thumbnail per original capture (poses of the
         # same capture would only cut the part from itself).
         first: dict[int, int] = {}  # capture index -> its first pose; captures are numbered in order
         for i, s in enumerate(self.src):
             first.setdefault(s, i)
-        self.bank = TextureBank([train_set.thumbs[i] for i in first.values()])
+        self.bank = TextureBank(list(self.store.batch(list(first.values()))["thumb"]))
         self.scale = params.height_scale_m or 1.0
 
     def optimizer(self, lr: float, total_steps: int, progress=None):
@@ -76,12 +98,15 @@ class DBRNTrainer:
 
     def augment(self, i: int, rng: np.random.Generator):
         """Sample i with a fresh pseudo-anomaly -> (rgb in, depth in, mask, edited (rgb, depth))."""
-        sp = self.split
-        fg = sp.fg[i, 0] > 0.5
-        h = sp.height[i]
-        rgb_u8, h_aug, m, info = synthesize(sp.thumbs[i], h, fg, rng, self.bank, exclude_index=self.src[i],
+        return self.augment_pose({k: v[0] for k, v in self.store.batch([i]).items()}, i, rng)
+
+    def augment_pose(self, pose: dict, i: int, rng: np.random.Generator):
+        """augment() of sample i whose stored arrays are `pose` (one row of a store batch)."""
+        fg = pose["fg"][0] > 0
+        h = pose["height"]
+        rgb_u8, h_aug, m, info = synthesize(pose["thumb"], h, fg, rng, self.bank, exclude_index=self.src[i],
                                             modality_probs=self.model.cfg.pseudo_modality_probs, return_info=True)
-        rgb_in, depth_in = sp.rgb[i], sp.depth[i]
+        rgb_in, depth_in = pose["rgb"], pose["depth"]
         edited = (False, False)
         if info["case"] != "unchanged":
             edited = (info["modality"] in ("rgb", "both"), info["modality"] in ("depth", "both"))
@@ -98,9 +123,11 @@ class DBRNTrainer:
         # One generator per step, seeded from numpy's global state: resumable, reproducible.
         rng = np.random.default_rng(np.random.randint(2**31))
         ids = idx.tolist()
-        rgb_aug, depth_aug, masks, edited = zip(*(self.augment(i, rng) for i in ids))
-        sp = self.split
-        rgb, depth, fg = (torch.from_numpy(a[ids]) for a in (sp.rgb, sp.depth, sp.fg))
+        b = self.store.batch(ids)
+        rgb_aug, depth_aug, masks, edited = zip(*(self.augment_pose({k: v[j] for k, v in b.items()}, i, rng)
+                                                  for j, i in enumerate(ids)))
+        rgb, depth, fg = torch.from_numpy(b["rgb"]), torch.from_numpy(b["depth"]), torch.from_numpy(
+            b["fg"].astype(np.float32))
         present = draw_present(len(ids), model.cfg.modality_dropout)
         swap = model.draw_swap(len(ids))
         mask = target_mask(torch.from_numpy(np.stack(masks))[:, None], edited, present,
@@ -123,11 +150,12 @@ class DBRNTrainer:
 
         rows, tries = [], 0
         while len(rows) < n and tries < 20 * n:  # show samples that carry an anomaly
-            i = int(rng.integers(len(self.split)))
+            i = int(rng.integers(len(self.store)))
             tries += 1
-            rgb_in, depth_in, m, edited = self.augment(i, rng)
+            pose = {k: v[0] for k, v in self.store.batch([i]).items()}
+            rgb_in, depth_in, m, edited = self.augment_pose(pose, i, rng)
             if not any(edited):
                 continue
             mask = cv2.cvtColor((255 * m).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-            rows.append(np.hstack([img(self.split.rgb[i]), img(rgb_in), img(self.split.depth[i]), img(depth_in), mask]))
+            rows.append(np.hstack([img(pose["rgb"]), img(rgb_in), img(pose["depth"]), img(depth_in), mask]))
         return np.vstack(rows)
